@@ -1,0 +1,58 @@
+# tickguard — one entry point for building, testing and benchmarking.
+# `make test` works on a fresh machine: it installs system packages, the venv and the servers first.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TICKGUARD_CACHE ?= $(HOME)/.cache/tickguard
+export TICKGUARD_CACHE
+
+.PHONY: help sysdeps venv tick data lint format proto test test-fast train train-fast bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+sysdeps: ## Debian packages the suite needs (skipped when already present)
+	@bash scripts/install-sysdeps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## the Python venv with tickguard and its dev tools
+
+tick: ## build kapacitord/kapacitor 1.5.9 and influxd/influx 1.8.10 into .tick/bin (cached)
+	@bash scripts/build-tick.sh
+
+data: venv ## fetch the credit-card fraud data set into data/raw (hash-verified)
+	$(VENV)/bin/tickguard data fetch
+
+proto: venv ## regenerate the UDF protocol bindings from udf/udf.proto
+	$(PY) -m grpc_tools.protoc -Iudf --python_out=src/tickguard/agent --pyi_out=src/tickguard/agent udf/udf.proto
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: sysdeps venv tick data lint ## the whole suite, from scratch if need be
+	$(VENV)/bin/pytest
+
+train-fast: venv data ## quick model (small sample, few trials) into models/_scratch
+	$(VENV)/bin/tickguard train --fast
+
+train: venv data ## full training with Optuna tuning; writes models/<version>
+	$(VENV)/bin/tickguard train
+
+bench: venv tick data ## end-to-end and API benchmarks; results in benchmarks/results/
+	$(PY) -m benchmarks.run_all
+
+clean: ## remove the venv and caches inside the repo (the server cache in ~/.cache stays)
+	rm -rf $(VENV) .tick .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the Debian packages tickguard's build and tests need, only when one is missing.
+set -euo pipefail
+packages=(git make gcc python3-venv curl ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "sysdeps: all present (${packages[*]})"
+  exit 0
+fi
+echo "sysdeps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
