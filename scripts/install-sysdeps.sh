@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages tickguard's build and tests need, only when one is missing.
 set -euo pipefail
-packages=(git make gcc python3-venv curl ca-certificates)
+packages=(git make gcc python3-venv curl ca-certificates docker-compose)  # docker-compose: validates compose/docker-compose.yml in tests
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -11,4 +11,7 @@ if str(ROOT) not in sys.path:  # lets tests import `tests._deps` and `tests.fixt
 pytest_plugins = [
     "tests.fixtures.runtime",
     "tests.fixtures.model",
+    "tests.fixtures.service",
+    "tests.fixtures.udf",
+    "tests.fixtures.pipeline",
 ]

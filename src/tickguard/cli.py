@@ -13,6 +13,12 @@ from tickguard.errors import TickguardError
 # Each module named here defines `register(subparsers)`, which adds its subcommands and sets
 # `func` on them. Kept as names so `tickguard --help` imports only what it lists.
 COMMAND_MODULES: list[str] = [
+    "tickguard.service.cli",
+    "tickguard.data.fetch",
+    "tickguard.training.commands",
+    "tickguard.stack.commands",
+    "tickguard.agent.cli",
+    "tickguard.ops.backfill",
 ]
 
 

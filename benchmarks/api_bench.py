@@ -1,0 +1,451 @@
+"""Load benchmark of the REST service over loopback; writes benchmarks/results/api.json.
+
+Scenarios (each a fixed, short duration):
+  batch   - POST /predict with 1,000-row {"columns", "data"} batches   -> rows/s   (target >= 100,000)
+  single  - POST /predict with one record, 32 concurrent connections   -> p50/p99  (targets 2 ms / 10 ms)
+  single1 - the same with one connection: the service time without queueing
+  naive   - the prototype's way (Flask dev server, model loaded per request, one row per request)
+            under the same 32-connection load, for a side-by-side ratio
+
+The load generator is one asyncio process speaking raw HTTP/1.1 over keep-alive connections with
+pre-encoded requests (no HTTP library in the hot path), so it costs a few tens of microseconds
+per request and leaves the CPU to the server. Latency is measured per request, from the first
+byte sent to the last byte received. The machine's 2 cores are shared by server and client (and
+by anything else running), so the load average at start is recorded with the results.
+
+Run: .venv/bin/python -m benchmarks.api_bench [--model DIR] [--duration 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "api.json"
+SCRATCH = ROOT / "benchmarks" / ".scratch"
+BATCH_ROWS = 1000
+CONCURRENCY = 32
+TARGETS = {"batch_rows_per_s": 100_000, "single_p50_ms": 2.0, "single_p99_ms": 10.0}
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+# ---- load generator ------------------------------------------------------------------------------
+
+
+def http_request(path: str, body: bytes, port: int) -> bytes:
+    """A complete, pre-encoded HTTP/1.1 POST with a JSON body."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _connection(
+    port: int,
+    requests: list[bytes],
+    start: float,
+    warmup_end: float,
+    stop: float,
+    stats: dict,
+    check_every: int,
+    interval: float = 0.0,
+) -> None:
+    """One client: send, wait for the whole response, repeat; reconnect when the server closes.
+
+    With `interval` > 0 the client is paced (open loop): request k is due at start + k * interval,
+    and its latency counts from when it was due, so time spent queued behind a slow response is
+    included (no coordinated omission).
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    index = 0
+    while True:
+        sent = time.perf_counter()
+        if interval:
+            due = start + index * interval
+            if due > sent:
+                await asyncio.sleep(due - sent)
+            sent = due
+        if sent >= stop:
+            break
+        payload = requests[index % len(requests)]
+        index += 1
+        writer.write(payload)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = _CONTENT_LENGTH.search(head)
+            body = await reader.readexactly(int(match.group(1))) if match else await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            stats["errors"] += 1
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            continue
+        done = time.perf_counter()
+        status = int(head[9:12])
+        if sent >= warmup_end:
+            stats["latencies"].append(done - sent)
+            if status != 200:
+                stats["errors"] += 1
+            if check_every and index % check_every == 0:
+                stats["checked"].append(body)
+        if not match or b"connection: close" in head.lower():
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+
+
+async def _drive(
+    port: int,
+    requests: list[bytes],
+    clients: int,
+    duration: float,
+    warmup: float,
+    check_every: int,
+    rate: float,
+) -> dict:
+    """Run `clients` connections for warmup + duration seconds; collect latencies after warmup."""
+    stats: dict = {"latencies": [], "errors": 0, "checked": []}
+    start = time.perf_counter()
+    warmup_end = start + warmup
+    stop = warmup_end + duration
+    interval = clients / rate if rate else 0.0  # per connection, so the total is `rate`
+    await asyncio.gather(
+        *(
+            _connection(
+                port, requests, start + i * interval / clients, warmup_end, stop, stats, check_every, interval
+            )
+            for i in range(clients)
+        )
+    )
+    stats["measured_seconds"] = time.perf_counter() - warmup_end
+    return stats
+
+
+def run_load(
+    port: int,
+    requests: list[bytes],
+    clients: int,
+    duration: float,
+    rows_per_request: int,
+    check_every: int = 0,
+    rate: float = 0.0,
+) -> dict:
+    """Drive the load (closed loop, or paced at `rate` requests/s in total) and summarise it."""
+    stats = asyncio.run(_drive(port, requests, clients, duration, min(2.0, duration / 5), check_every, rate))
+    latencies = np.array(stats["latencies"]) * 1000.0
+    seconds = stats["measured_seconds"]
+    if latencies.size == 0:
+        return {"requests": 0, "errors": stats["errors"], "note": "no request completed"}
+    return {
+        "clients": clients,
+        "mode": f"paced at {rate:g} requests/s in total"
+        if rate
+        else "closed loop (next request when answered)",
+        "seconds": round(seconds, 2),
+        "requests": int(latencies.size),
+        "errors": stats["errors"],
+        "requests_per_s": round(latencies.size / seconds, 1),
+        "rows_per_request": rows_per_request,
+        "rows_per_s": round(latencies.size * rows_per_request / seconds, 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(latencies, 50)), 3),
+            "p90": round(float(np.percentile(latencies, 90)), 3),
+            "p99": round(float(np.percentile(latencies, 99)), 3),
+            "max": round(float(latencies.max()), 3),
+            "mean": round(float(latencies.mean()), 3),
+        },
+        "_checked": stats["checked"],
+    }
+
+
+# ---- the naive baseline (the prototype's way of serving) ---------------------------------------
+
+
+def naive_server(port: int, model_dir: str) -> None:
+    """Flask dev server; every request unpickles the model again and scores one row."""
+    import joblib
+    from flask import Flask, jsonify, request
+
+    card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    app = Flask("naive")
+
+    @app.post("/predict")
+    def predict():
+        model = joblib.load(Path(model_dir) / "model.joblib")  # per request, as the prototype did
+        record = request.get_json()
+        row = np.array([[float(record[name]) for name in card["features"]]])
+        score = float(model.predict_proba(row)[0, 1])
+        return jsonify({"score": score, "anomaly": score >= card["threshold"]})
+
+    app.run(host="127.0.0.1", port=port, threaded=True)
+
+
+def wait_ready(port: int, path: str, body: bytes, timeout: float = 60.0) -> None:
+    """Poll until a POST to `path` succeeds."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"server on port {port} not ready after {timeout:.0f}s")
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+
+
+def pick_model(requested: str | None) -> Path:
+    """The model to serve: --model, else models/production, else (or with --model small) a small
+    real model built here: a logistic regression whose predict cost is tiny, which shows what the
+    HTTP layer itself can do."""
+    from tickguard.modelstore import resolve_model_dir
+
+    if requested and requested != "small":
+        return resolve_model_dir(ROOT / "models", requested)
+    if requested is None:
+        try:
+            return resolve_model_dir(ROOT / "models", "production")
+        except Exception:  # no production model yet: build a small one on the real data
+            pass
+    target = SCRATCH / "models" / "bench-lr"
+    if (target / "model_card.json").is_file():
+        return target
+    print("api_bench: no models/production; fitting a small logistic regression on the real data", flush=True)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tickguard.data.dataset import load_dataset
+    from tickguard.modelstore import save_model
+
+    df = load_dataset()
+    features = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    model.fit(df[features].to_numpy(), df["Class"].to_numpy())
+    save_model(model, {"version": "bench-lr", "features": features, "threshold": 0.5}, target)
+    return target
+
+
+def holdout_rows(features: list[str], count: int) -> list[list[float]]:
+    """Real rows from the end of the data set (the time-ordered holdout part)."""
+    import pandas as pd
+
+    from tickguard.data.dataset import default_csv_path
+
+    columns = list(dict.fromkeys([*features, "Time"]))
+    df = pd.read_csv(default_csv_path(), usecols=columns).tail(count)
+    return df[features].to_numpy(dtype=np.float64).tolist()
+
+
+def model_only_timings(model_dir: Path, rows: list[list[float]]) -> dict:
+    """In-process predict() time for 1 and 1,000 rows: the floor under any HTTP number."""
+    from tickguard.scoring import Predictor
+
+    predictor = Predictor.load(model_dir, max_rows=100_000)
+    matrix = np.array(rows[:BATCH_ROWS])
+    result = {}
+    for label, batch, repeats in (("1_row", matrix[:1], 300), ("1000_rows", matrix, 30)):
+        predictor.predict(batch)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            predictor.predict(batch)
+            times.append(time.perf_counter() - started)
+        result[f"predict_{label}_ms_median"] = round(float(np.median(times)) * 1000, 3)
+    result["model_only_rows_per_s_1000_batches"] = round(
+        BATCH_ROWS / (result["predict_1000_rows_ms_median"] / 1000), 1
+    )
+    return result
+
+
+def check_batch_responses(bodies: list[bytes]) -> None:
+    """Spot-check that batch responses carry one prediction per row."""
+    for body in bodies[:5]:
+        predictions = json.loads(body)["predictions"]
+        if len(predictions) != BATCH_ROWS:
+            raise RuntimeError(f"a batch response had {len(predictions)} predictions, not {BATCH_ROWS}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run all scenarios and write the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model",
+        help="model version or directory (default: models/production); 'small' = a logistic regression",
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario (max 60)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--batch-clients", type=int, default=4, help="connections for the batch scenario")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="total req/s of the paced 32-client run (default: half the closed-loop rate)",
+    )
+    parser.add_argument("--naive-server", nargs=2, metavar=("PORT", "MODEL_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.naive_server:
+        naive_server(int(args.naive_server[0]), args.naive_server[1])
+        return 0
+    duration = min(args.duration, 60.0)
+
+    from tickguard.modelstore import read_card
+    from tickguard.service.local import LocalService, free_port
+
+    model_dir = pick_model(args.model)
+    card = read_card(model_dir)
+    features = list(card["features"])
+    rows = holdout_rows(features, 5 * BATCH_ROWS)
+    records = [dict(zip(features, row, strict=True)) for row in rows]
+    print(f"api_bench: model {card['version']} ({model_dir}), {len(features)} features", flush=True)
+    results: dict = {
+        "benchmark": "api",
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m benchmarks.api_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "note": "2 cores shared by server, load generator and other work on the machine",
+        },
+        "model": {"version": card["version"], "dir": str(model_dir), "features": len(features)},
+        "server": {
+            "gunicorn_workers": args.workers,
+            "gunicorn_threads": args.threads,
+            "worker_class": "gthread",
+        },
+        "targets": TARGETS,
+        "model_only": model_only_timings(model_dir, rows),
+    }
+    print(f"api_bench: model only {results['model_only']}", flush=True)
+
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with LocalService(
+        model=model_dir,
+        models_dir=model_dir.parent,
+        workers=args.workers,
+        threads=args.threads,
+        env={"TICKGUARD_MAX_ROWS": str(BATCH_ROWS * 10)},
+        log_file=SCRATCH / "api_bench_server.log",
+    ) as service:
+        port = service.port
+        batches = [
+            http_request(
+                "/predict", json.dumps({"columns": features, "data": rows[i : i + BATCH_ROWS]}).encode(), port
+            )
+            for i in range(0, len(rows), BATCH_ROWS)
+        ]
+        singles = [http_request("/predict", json.dumps(record).encode(), port) for record in records[:500]]
+        print(f"api_bench: batch scenario ({args.batch_clients} connections, {duration:.0f}s)", flush=True)
+        batch = run_load(port, batches, args.batch_clients, duration, BATCH_ROWS, check_every=20)
+        check_batch_responses(batch.pop("_checked"))
+        print(f"api_bench: single-record scenario ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
+        single = run_load(port, singles, CONCURRENCY, duration, 1)
+        single.pop("_checked")
+        paced_rate = args.paced_rate or round(0.5 * single["requests_per_s"])
+        print(f"api_bench: single-record, {CONCURRENCY} connections paced at {paced_rate} req/s", flush=True)
+        paced = run_load(port, singles, CONCURRENCY, duration, 1, rate=paced_rate)
+        paced.pop("_checked")
+        print("api_bench: single-record scenario, 1 connection (service time)", flush=True)
+        single1 = run_load(port, singles, 1, min(duration, 10.0), 1)
+        single1.pop("_checked")
+    results["tickguard"] = {
+        "batch_1000": batch,
+        "single_32_clients": single,
+        "single_32_clients_paced": paced,
+        "single_1_client": single1,
+    }
+
+    if not args.skip_naive:
+        naive_port = free_port()
+        print(f"api_bench: naive baseline ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
+        naive_log = open(SCRATCH / "api_bench_naive.log", "wb")  # noqa: SIM115
+        naive = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.api_bench", "--naive-server", str(naive_port), str(model_dir)],
+            cwd=ROOT,
+            stdout=naive_log,
+            stderr=naive_log,
+        )
+        try:
+            wait_ready(naive_port, "/predict", json.dumps(records[0]).encode())
+            naive_singles = [
+                http_request("/predict", json.dumps(r).encode(), naive_port) for r in records[:500]
+            ]
+            naive_result = run_load(naive_port, naive_singles, CONCURRENCY, duration, 1)
+            naive_result.pop("_checked")
+        finally:
+            naive.terminate()
+            naive.wait(10)
+            naive_log.close()
+        results["naive_baseline"] = {"single_32_clients": naive_result}
+        results["ratios"] = {
+            "batch_rows_per_s_vs_naive_rows_per_s": round(
+                batch["rows_per_s"] / max(naive_result["rows_per_s"], 1e-9), 1
+            ),
+            "single_requests_per_s_vs_naive": round(
+                single["requests_per_s"] / max(naive_result["requests_per_s"], 1e-9), 1
+            ),
+            "naive_p50_over_single_p50": round(
+                naive_result["latency_ms"]["p50"] / single["latency_ms"]["p50"], 1
+            ),
+        }
+
+    results["verdict"] = {
+        "batch_rows_per_s": {
+            "measured": batch["rows_per_s"],
+            "target": TARGETS["batch_rows_per_s"],
+            "met": batch["rows_per_s"] >= TARGETS["batch_rows_per_s"],
+        },
+        "single_p50_ms": {
+            "measured": single["latency_ms"]["p50"],
+            "target": TARGETS["single_p50_ms"],
+            "met": single["latency_ms"]["p50"] <= TARGETS["single_p50_ms"],
+        },
+        "single_p99_ms": {
+            "measured": single["latency_ms"]["p99"],
+            "target": TARGETS["single_p99_ms"],
+            "met": single["latency_ms"]["p99"] <= TARGETS["single_p99_ms"],
+        },
+        "single_paced_p50_ms": {
+            "measured": paced["latency_ms"]["p50"],
+            "target": TARGETS["single_p50_ms"],
+            "met": paced["latency_ms"]["p50"] <= TARGETS["single_p50_ms"],
+        },
+        "single_paced_p99_ms": {
+            "measured": paced["latency_ms"]["p99"],
+            "target": TARGETS["single_p99_ms"],
+            "met": paced["latency_ms"]["p99"] <= TARGETS["single_p99_ms"],
+        },
+        "note": "Closed-loop latency at 32 clients is 32 / throughput (Little's law): a p50 of 2 ms would need "
+        "16,000 requests/s from 2 shared cores. The paced run shows the latency 32 clients see below saturation.",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: results[k] for k in ("verdict", "ratios") if k in results}, indent=2))
+    print(f"api_bench: wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Settings of the UDF agent and the watchdog, read from environment variables when asked.
+
+Nothing happens at import. Every variable is optional: a bare `@tickguard()` in a TICKscript uses
+these defaults, so the agent works in compose without any option in the script.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Defaults for every task node (TICKscript options override them per task) and process settings."""
+
+    socket_path: str  # Unix socket of stream tasks (the CLI's --socket wins)
+    batch_socket_path: str  # optional socket declaring batch edges
+    socket_mode: int  # permission bits of the socket files (Kapacitor needs write access to connect)
+    url: str  # base URL of the scoring service
+    mode: str  # score | echo | naive
+    batch_size: int
+    flush_interval_s: float
+    timeout_s: float  # one HTTP attempt
+    max_delay_s: float  # longest a point may wait for its score before it is emitted unscored
+    retries: int
+    breaker_failures: int  # consecutive failed batches that open the breaker
+    breaker_cooldown_s: float
+    max_in_flight: int  # scoring requests in flight per task node
+    score_field: str
+    flag_field: str
+    label_field: str
+    metrics_host: str
+    metrics_port: int  # 0 = no /metrics endpoint
+    log_interval_s: float
+    kapacitor_url: str  # empty = no watchdog thread inside the agent
+    kapacitor_username: str  # empty = Kapacitor without auth
+    kapacitor_password: str
+    udf_names: tuple[str, ...]  # UDF names (as in kapacitor.conf) whose tasks the watchdog heals
+    watchdog_interval_s: float
+    orphan_grace_s: (
+        float  # how long an executing task may lack a connection before the watchdog reconnects it
+    )
+
+
+def _env(env: dict, name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def agent_settings(env: dict | None = None) -> AgentSettings:
+    """Read the TICKGUARD_UDF_* variables (and TICKGUARD_SCORING_URL, TICKGUARD_KAPACITOR_URL)."""
+    env = os.environ if env is None else env
+    return AgentSettings(
+        socket_path=_env(env, "TICKGUARD_UDF_SOCKET", ""),
+        batch_socket_path=_env(env, "TICKGUARD_UDF_BATCH_SOCKET", ""),
+        socket_mode=int(_env(env, "TICKGUARD_UDF_SOCKET_MODE", "660"), 8),
+        url=_env(env, "TICKGUARD_SCORING_URL", "http://127.0.0.1:8000").rstrip("/"),
+        mode=_env(env, "TICKGUARD_UDF_MODE", "score"),
+        batch_size=int(_env(env, "TICKGUARD_UDF_BATCH_SIZE", "1000")),
+        flush_interval_s=float(_env(env, "TICKGUARD_UDF_FLUSH_INTERVAL", "0.05")),
+        timeout_s=float(_env(env, "TICKGUARD_UDF_TIMEOUT", "2.0")),
+        max_delay_s=float(_env(env, "TICKGUARD_UDF_MAX_DELAY", "3.0")),
+        retries=int(_env(env, "TICKGUARD_UDF_RETRIES", "2")),
+        breaker_failures=int(_env(env, "TICKGUARD_UDF_BREAKER_FAILURES", "3")),
+        breaker_cooldown_s=float(_env(env, "TICKGUARD_UDF_BREAKER_COOLDOWN", "2.0")),
+        max_in_flight=int(_env(env, "TICKGUARD_UDF_MAX_IN_FLIGHT", "2")),
+        score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
+        flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
+        label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        metrics_host=_env(env, "TICKGUARD_UDF_METRICS_HOST", "127.0.0.1"),
+        metrics_port=int(_env(env, "TICKGUARD_UDF_METRICS_PORT", "9102")),
+        log_interval_s=float(_env(env, "TICKGUARD_UDF_LOG_INTERVAL", "30")),
+        kapacitor_url=_env(env, "TICKGUARD_KAPACITOR_URL", "").rstrip("/"),
+        kapacitor_username=_env(env, "TICKGUARD_KAPACITOR_USERNAME", ""),
+        kapacitor_password=_env(env, "TICKGUARD_KAPACITOR_PASSWORD", ""),
+        udf_names=tuple(
+            name.strip()
+            for name in _env(env, "TICKGUARD_UDF_NAMES", "tickguard,tickguard_batch").split(",")
+            if name.strip()
+        ),
+        watchdog_interval_s=float(_env(env, "TICKGUARD_WATCHDOG_INTERVAL", "2.0")),
+        orphan_grace_s=float(_env(env, "TICKGUARD_WATCHDOG_ORPHAN_GRACE", "5.0")),
+    )

@@ -1,0 +1,175 @@
+"""Turning runs of point requests into scoring requests, and scoring results into output bytes.
+
+`prepare` decodes a run of point requests with one parser call, extracts the feature rows (a point
+missing a feature or carrying a non-numeric value is set aside with an error naming the field) and
+builds the JSON body. `render` turns the scores (or the reason there are none) into framed point
+responses, in input order, as one bytes object ready for a single socket write.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import orjson
+from google.protobuf.message import DecodeError
+
+from tickguard.agent import udf_pb2 as pb
+from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, point_response_frame
+from tickguard.agent.scoring import ScoreResult
+
+
+class MalformedRequest(Exception):
+    """A request's bytes are not a valid protobuf message: fatal for the connection."""
+
+
+@dataclass
+class Batch:
+    """Points of one scoring request, with what is needed to emit them afterwards."""
+
+    frames: list[bytes]
+    arrival: float  # monotonic time the oldest point was read from the socket
+    times: list[int] = field(default_factory=list)
+    labels: list[bool | None] = field(default_factory=list)
+    row_of: list[int] = field(default_factory=list)  # index into the request rows, -1 = not sent
+    errors: dict[int, str] = field(default_factory=dict)  # point index -> why it is not scored
+    body: bytes = b""
+    rows: int = 0
+
+
+def _label_value(point: pb.Point, name: str) -> bool | None:
+    value = point.fieldsInt.get(name)  # the usual place (`Class=0i`); .get() does not insert a default
+    if value is not None:
+        return value != 0
+    if name in point.fieldsDouble:
+        return point.fieldsDouble[name] != 0.0
+    if name in point.fieldsBool:
+        return point.fieldsBool[name]
+    if name in point.fieldsString:
+        return point.fieldsString[name].strip().lower() in ("1", "true", "yes", "fraud")
+    return None
+
+
+def feature_problem(point: pb.Point, features: tuple[str, ...]) -> str:
+    """Name the first feature of `point` that is missing, non-numeric or not finite."""
+    for name in features:
+        if name in point.fieldsDouble:
+            if not math.isfinite(point.fieldsDouble[name]):
+                return f"field '{name}' is {point.fieldsDouble[name]}, not a finite number"
+            continue
+        if name in point.fieldsInt:
+            continue
+        if name in point.fieldsString:
+            value = point.fieldsString[name]
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            return f"field '{name}' is a string ('{shown}'), not a number"
+        if name in point.fieldsBool:
+            return f"field '{name}' is a boolean, not a number"
+        return f"missing feature field '{name}'"
+    return ""
+
+
+def _slow_row(point: pb.Point, features: tuple[str, ...]) -> tuple[tuple[float, ...] | None, str]:
+    problem = feature_problem(point, features)
+    if problem:
+        return None, problem
+    doubles = point.fieldsDouble
+    ints = point.fieldsInt
+    return tuple(float(doubles[n]) if n in doubles else float(ints[n]) for n in features), ""
+
+
+def decode_run(frames: list[bytes]):
+    """Decode consecutive point-request bodies with a single parse (they form a PointRun)."""
+    try:
+        return pb.PointRun.FromString(b"".join(frames)).point
+    except DecodeError:
+        for index, frame in enumerate(frames):
+            try:
+                pb.Request.FromString(frame)
+            except DecodeError as exc:
+                raise MalformedRequest(
+                    f"point request #{index} of a run is not valid protobuf: {exc}"
+                ) from None
+        raise MalformedRequest("a run of point requests is not valid protobuf") from None
+
+
+def prepare(
+    batch: Batch, features: tuple[str, ...] | None, label_field: str, features_error: str = ""
+) -> None:
+    """Decode the batch, pick out each point's feature row and label, and build the /predict body."""
+    points = decode_run(batch.frames)
+    batch.times = [p.time for p in points]
+    if label_field:
+        batch.labels = [_label_value(p, label_field) for p in points]
+    else:
+        batch.labels = [None] * len(points)
+    if features is None:
+        batch.row_of = [-1] * len(points)
+        batch.errors = dict.fromkeys(range(len(points)), features_error)
+        return
+    if len(features) == 1:
+        only = features[0]
+
+        def getter(mapping):
+            return (mapping[only],)
+    else:
+        getter = itemgetter(*features)
+    rows: list[tuple] = []
+    row_of: list[int] = []
+    errors = batch.errors
+    for index, point in enumerate(points):
+        doubles = point.fieldsDouble
+        before = len(doubles)
+        row = getter(doubles)
+        # A missing key in a protobuf map reads as 0.0 (and is inserted): a grown map means a feature
+        # is absent from fieldsDouble (it may be an int field, a string, or really missing).
+        total = sum(row)
+        if len(doubles) != before or total - total != 0.0:
+            point = pb.Point.FromString(batch.frames[index][point_payload_offset(batch.frames[index]) :])
+            row, problem = _slow_row(point, features)
+            if row is None:
+                errors[index] = problem
+                row_of.append(-1)
+                continue
+        row_of.append(len(rows))
+        rows.append(row)
+    batch.row_of = row_of
+    batch.rows = len(rows)
+    if rows:
+        batch.body = orjson.dumps({"columns": features, "data": rows})
+
+
+def render(
+    batch: Batch,
+    result: ScoreResult | None,
+    batch_error: str,
+    encoder: ScoredFieldsEncoder,
+    threshold_override: float | None,
+) -> bytes:
+    """Framed point responses for every point of the batch, in input order."""
+    now_ns = time.time_ns()
+    parts: list = []
+    extend = parts.extend
+    error_entries: dict[str, bytes] = {}
+    if result is not None:
+        threshold = result.threshold if threshold_override is None else threshold_override
+        tail = encoder.scored_tail(result.model_version, threshold)
+        scores = result.scores
+        flags = result.flags
+    for index, frame in enumerate(batch.frames):
+        latency_ms = (now_ns - batch.times[index]) / 1e6
+        row = batch.row_of[index]
+        if row >= 0 and result is not None:
+            score = scores[row]
+            flagged = flags[row] if threshold_override is None else score >= threshold_override
+            extra = encoder.scored_fields(score, latency_ms, flagged, batch.labels[index], tail)
+        else:
+            message = batch.errors.get(index) or batch_error
+            entry = error_entries.get(message)
+            if entry is None:
+                entry = error_entries[message] = encoder.error_field(message)
+            extra = encoder.unscored_fields(latency_ms, entry)
+        extend(point_response_frame(memoryview(frame)[point_payload_offset(frame) :], extra))
+    return b"".join(parts)

@@ -1,0 +1,305 @@
+"""HTTP client of the scoring service: one pooled session, bounded retries, a circuit breaker.
+
+One `ScoringClient` per service URL is shared by every task node of the process, so the breaker
+reflects the service, not one task. A call never runs past the deadline it is given: that is what
+keeps points flowing (unscored, with an `error`) when the service is down or slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+log = logging.getLogger(__name__)
+
+BREAKER_CLOSED = "closed"
+BREAKER_OPEN = "open"
+BREAKER_HALF_OPEN = "half_open"
+BREAKER_STATES = (BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN)
+# Shortest attempt worth starting: below this the request could not complete anyway.
+MIN_ATTEMPT_S = 0.005
+BACKOFF_BASE_S = 0.05
+CARD_RETRY_S = 1.0  # after a failed GET /model, wait this long before asking again
+CARD_TIMEOUT_S = 1.0
+
+
+class ScoringUnavailable(Exception):
+    """No scores for this batch (service down, slow, erroring, or the breaker is open)."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of one batch, in input order, plus what the service says about its model."""
+
+    scores: list[float]
+    flags: list[bool]
+    threshold: float
+    model_version: str
+
+
+class CircuitBreaker:
+    """Opens after `failures` consecutive failed batches; lets one trial through after `cooldown_s`."""
+
+    def __init__(self, failures: int, cooldown_s: float, on_change=None) -> None:
+        self.failures = max(1, failures)
+        self.cooldown_s = cooldown_s
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+        self.state = BREAKER_CLOSED
+        self.last_error = ""
+        self._on_change = on_change
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            log.warning("scoring circuit breaker %s -> %s (%s)", self.state, state, self.last_error or "ok")
+            self.state = state
+            if self._on_change:
+                self._on_change(state)
+
+    def allow(self) -> bool:
+        """May a request be sent now? In half-open state only one trial at a time."""
+        with self._lock:
+            if self.state == BREAKER_CLOSED:
+                return True
+            if self.state == BREAKER_OPEN and time.monotonic() - self._opened_at >= self.cooldown_s:
+                self._set(BREAKER_HALF_OPEN)
+            if self.state == BREAKER_HALF_OPEN and not self._trial_running:
+                self._trial_running = True
+                return True
+            return False
+
+    @property
+    def trial(self) -> bool:
+        """True while the single half-open trial request is running."""
+        return self._trial_running
+
+    def release_trial(self) -> None:
+        """Give back a half-open trial slot that was not used."""
+        with self._lock:
+            self._trial_running = False
+
+    def record_success(self) -> None:
+        """A batch was scored: close the breaker."""
+        with self._lock:
+            self._consecutive = 0
+            self._trial_running = False
+            self.last_error = ""
+            self._set(BREAKER_CLOSED)
+
+    def record_failure(self, error: str) -> None:
+        """A batch failed after its retries: count it, and open the breaker at the limit."""
+        with self._lock:
+            self._consecutive += 1
+            self.last_error = error
+            was_trial = self._trial_running
+            self._trial_running = False
+            if was_trial or self._consecutive >= self.failures:
+                self._opened_at = time.monotonic()
+                self._set(BREAKER_OPEN)
+
+
+class ScoringClient:
+    """POST /predict and GET /model against one scoring service."""
+
+    def __init__(self, url: str, retries: int, breaker: CircuitBreaker, pool_size: int = 8) -> None:
+        self.url = url.rstrip("/")
+        self.retries = max(0, retries)
+        self.breaker = breaker
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._card_lock = threading.Lock()
+        self._card: dict | None = None
+        self._card_failed_at = -CARD_RETRY_S
+        self._card_error = ""
+
+    # ---- model card ----------------------------------------------------------------------
+
+    def model_features(self, timeout_s: float) -> tuple[str, ...]:
+        """The served model's feature names (GET /model), cached until the model version changes.
+
+        A failed fetch is remembered for CARD_RETRY_S, so an outage costs one request per second, not
+        one per batch, and never stalls the batcher for longer than one short timeout.
+        """
+        card = self._card
+        if card is None:
+            with self._card_lock:
+                if self._card is None:
+                    if time.monotonic() - self._card_failed_at < CARD_RETRY_S:
+                        raise ScoringUnavailable(self._card_error)
+                    if not self.breaker.allow():
+                        raise ScoringUnavailable(f"scoring circuit open: {self.breaker.last_error}")
+                    self.breaker.release_trial()
+                    try:
+                        self._card = self._fetch_card(min(timeout_s, CARD_TIMEOUT_S))
+                    except ScoringUnavailable as exc:
+                        self._card_failed_at = time.monotonic()
+                        self._card_error = str(exc)
+                        raise
+                card = self._card
+        return tuple(card["features"])
+
+    def forget_card_unless(self, model_version: str) -> None:
+        """Drop the cached card when the service reports a different model version (a reload)."""
+        card = self._card
+        if card is not None and str(card.get("version")) != model_version:
+            log.info("scoring service now serves model %s (was %s)", model_version, card.get("version"))
+            self._card = None
+
+    def _fetch_card(self, timeout_s: float) -> dict:
+        try:
+            response = self.session.get(self.url + "/model", timeout=max(timeout_s, MIN_ATTEMPT_S))
+        except requests.RequestException as exc:
+            raise ScoringUnavailable(f"GET {self.url}/model failed: {_short(exc)}") from None
+        if response.status_code != 200:
+            raise ScoringUnavailable(f"GET {self.url}/model returned HTTP {response.status_code}")
+        try:
+            card = orjson.loads(response.content)
+            features = card["features"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise ScoringUnavailable(
+                f"GET {self.url}/model did not return a model card with 'features'"
+            ) from None
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise ScoringUnavailable(f"GET {self.url}/model returned an unusable feature list")
+        return card
+
+    # ---- scoring ------------------------------------------------------------------------------
+
+    def score(self, body: bytes, rows: int, deadline: float, attempt_timeout_s: float) -> ScoreResult:
+        """Score one JSON batch body; retry with backoff within `deadline` (a monotonic time)."""
+        if not self.breaker.allow():
+            raise ScoringUnavailable(
+                f"scoring circuit open after repeated failures: {self.breaker.last_error}"
+            )
+        attempts = 1 if self.breaker.state == BREAKER_HALF_OPEN else 1 + self.retries
+        error = ""
+        for attempt in range(attempts):
+            remaining = deadline - time.monotonic()
+            if remaining < MIN_ATTEMPT_S:
+                if attempt == 0:
+                    # The points waited out their budget in the queue (a backlog, not a service failure):
+                    # the breaker does not count this, but a half-open trial slot must be given back.
+                    self.breaker.release_trial()
+                    raise ScoringUnavailable(
+                        "not scored: the point's time budget was spent waiting in the queue"
+                    )
+                break
+            try:
+                result = self._post(body, rows, min(attempt_timeout_s, remaining))
+            except _Permanent as exc:
+                # The service understood the request and refused it: retrying cannot help, and the
+                # service itself is healthy, so the breaker does not count it.
+                self.breaker.record_success()
+                raise ScoringUnavailable(str(exc)) from None
+            except ScoringUnavailable as exc:
+                error = str(exc)
+                backoff = BACKOFF_BASE_S * (2**attempt)
+                if attempt + 1 < attempts and deadline - time.monotonic() > backoff + MIN_ATTEMPT_S:
+                    time.sleep(backoff)
+                    continue
+                break
+            self.breaker.record_success()
+            return result
+        self.breaker.record_failure(error)
+        raise ScoringUnavailable(error)
+
+    def _post(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
+        try:
+            response = self.session.post(
+                self.url + "/predict",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=timeout_s,
+            )
+        except requests.Timeout:
+            raise ScoringUnavailable(f"scoring service did not answer within {timeout_s:.3g}s") from None
+        except requests.RequestException as exc:
+            raise ScoringUnavailable(f"scoring service unreachable: {_short(exc)}") from None
+        status = response.status_code
+        if status != 200:
+            detail = _error_detail(response.content)
+            if 400 <= status < 500 and status not in (408, 429):
+                raise _Permanent(f"scoring service rejected the batch (HTTP {status}): {detail}")
+            raise ScoringUnavailable(f"scoring service returned HTTP {status}: {detail}")
+        try:
+            payload = orjson.loads(response.content)
+            predictions = payload["predictions"]
+            scores = [float(p["score"]) for p in predictions]
+            flags = [bool(p["anomaly"]) for p in predictions]
+            result = ScoreResult(scores, flags, float(payload["threshold"]), str(payload["model_version"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ScoringUnavailable("scoring service returned an unexpected /predict body") from None
+        if len(scores) != rows:
+            raise ScoringUnavailable(f"scoring service returned {len(scores)} scores for {rows} rows")
+        return result
+
+    def score_once(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
+        """One synchronous attempt without retries or breaker: the naive per-point mode."""
+        try:
+            return self._post(body, rows, timeout_s)
+        except _Permanent as exc:
+            raise ScoringUnavailable(str(exc)) from None
+
+
+class _Permanent(ScoringUnavailable):
+    """The service refused the request (4xx): not a service failure."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _error_detail(content: bytes) -> str:
+    try:
+        body = orjson.loads(content)
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"])[:300]
+    except orjson.JSONDecodeError:
+        pass
+    return content[:200].decode("utf-8", "replace")
+
+
+class ClientRegistry:
+    """One ScoringClient per service URL for the whole agent process."""
+
+    def __init__(
+        self, retries: int, breaker_failures: int, breaker_cooldown_s: float, on_breaker_change=None
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, ScoringClient] = {}
+        self._retries = retries
+        self._failures = breaker_failures
+        self._cooldown = breaker_cooldown_s
+        self._on_breaker_change = on_breaker_change
+
+    def get(self, url: str) -> ScoringClient:
+        """The shared client of `url`, created on first use."""
+        with self._lock:
+            client = self._clients.get(url)
+            if client is None:
+                on_change = (
+                    (lambda state, u=url: self._on_breaker_change(u, state))
+                    if self._on_breaker_change
+                    else None
+                )
+                client = ScoringClient(
+                    url, self._retries, CircuitBreaker(self._failures, self._cooldown, on_change)
+                )
+                self._clients[url] = client
+            return client
+
+    def clients(self) -> list[ScoringClient]:
+        """Every client created so far."""
+        with self._lock:
+            return list(self._clients.values())

@@ -1,0 +1,1 @@
+"""Operating the pipeline: backfill of points the stream tasks never scored, and measurement probes."""

@@ -1,0 +1,65 @@
+"""Settings of `tickguard backfill`, read from environment variables when asked (nothing happens at import).
+
+InfluxDB access reuses the stack's TICKGUARD_INFLUXDB_* variables and the scoring URL the UDF agent's
+TICKGUARD_SCORING_URL, so a backfill talks to the same servers as the live pipeline. The output field
+names follow the agent's TICKGUARD_UDF_*_FIELD variables, so backfilled points look like live ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tickguard.stack.config import MEASUREMENT, SCORED_MEASUREMENT, influx_settings
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Where to read, score and write; every field can be overridden on the command line."""
+
+    influx_url: str
+    username: str
+    password: str
+    database: str
+    retention_policy: str
+    source_measurement: str  # the raw points (`transactions`)
+    scored_measurement: str  # where the live pipeline writes (`transactions_scored`)
+    api_url: str  # the REST scoring service
+    batch_size: int  # rows per /predict request
+    write_batch: int  # lines per InfluxDB /write request
+    max_window_points: int  # points held in memory at once
+    timeout_s: float  # one HTTP request
+    retries: int  # per request, on connection errors and 5xx
+    score_field: str
+    flag_field: str
+    label_field: str
+
+
+def _env(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
+    """Read the settings from the environment, with defaults for the local runtime."""
+    env = os.environ if env is None else env
+    influx = influx_settings()
+    return BackfillSettings(
+        influx_url=influx.url.rstrip("/"),
+        username=influx.username,
+        password=influx.password,
+        database=influx.database,
+        retention_policy=influx.retention_policy,
+        source_measurement=_env(env, "TICKGUARD_BACKFILL_SOURCE", MEASUREMENT),
+        scored_measurement=_env(env, "TICKGUARD_BACKFILL_TARGET", SCORED_MEASUREMENT),
+        api_url=_env(env, "TICKGUARD_SCORING_URL", "http://127.0.0.1:8000").rstrip("/"),
+        batch_size=int(_env(env, "TICKGUARD_BACKFILL_BATCH_SIZE", "1000")),
+        write_batch=int(_env(env, "TICKGUARD_BACKFILL_WRITE_BATCH", "5000")),
+        max_window_points=int(_env(env, "TICKGUARD_BACKFILL_WINDOW_POINTS", "100000")),
+        timeout_s=float(_env(env, "TICKGUARD_BACKFILL_TIMEOUT", "30")),
+        retries=int(_env(env, "TICKGUARD_BACKFILL_RETRIES", "3")),
+        score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
+        flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
+        label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+    )

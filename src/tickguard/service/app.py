@@ -1,0 +1,349 @@
+"""The Flask app: routes, error handling, request ids, logs and metrics around tickguard.scoring."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from tickguard import __version__
+from tickguard.scoring import ModelHolder, Predictor, ScoringError, decode_json
+from tickguard.scoring.v2 import infer_response, model_metadata, parse_infer
+from tickguard.service.config import ServiceConfig
+from tickguard.service.jsonlog import configure_logging
+from tickguard.service.metrics import ServiceMetrics
+from tickguard.service.openapi import build_openapi
+
+log = logging.getLogger("tickguard.service")
+
+# Client-supplied request ids are echoed into logs and headers, so only plain tokens are kept.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Polled constantly by health checks and scrapers: logged at DEBUG, not INFO.
+_QUIET_ENDPOINTS = {"live", "ready", "metrics", "model_ready"}
+_SCORING_ENDPOINTS = {"predict", "infer"}
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+POINTER_FILE = "active_model.json"
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    """A JSON response encoded by orjson (numpy arrays allowed)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json"
+    )
+
+
+def _snake(name: str) -> str:
+    """'Request Entity Too Large' -> 'request_entity_too_large'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def create_app(config: ServiceConfig | None = None) -> Flask:
+    """Build the service: load the model once (for this process) and register every route."""
+    config = config or ServiceConfig.from_env()
+    configure_logging(config.log_level)
+    app = Flask("tickguard.service")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    # No HTML redirects: "/predict/" is "/predict", and "//" is a JSON 404, not a 308 to elsewhere.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+    metrics = ServiceMetrics()
+    pointer = config.runtime_dir / POINTER_FILE if config.runtime_dir else None
+    holder = ModelHolder(config.models_dir, config.max_rows, shared_pointer=pointer)
+    holder.load_initial(config.model)
+    app.extensions["tickguard"] = {"config": config, "holder": holder, "metrics": metrics}
+    noted = {"predictor": None}
+    openapi_cache: dict[str, Any] = {}
+    metric_children: dict[tuple[str, str, int], tuple] = {}
+
+    def note_model(predictor: Predictor | None) -> None:
+        """Keep tickguard_model_info in step with the model this process serves."""
+        previous = noted["predictor"]
+        if predictor is previous or predictor is None:
+            return
+        if previous is not None and previous.version != predictor.version:
+            metrics.model_info.labels(version=previous.version).set(0)
+        metrics.model_info.labels(version=predictor.version).set(1)
+        noted["predictor"] = predictor
+
+    note_model(holder.current)
+
+    def serving() -> Predictor:
+        """The model for this request, or 503 when none could be loaded."""
+        predictor = holder.current
+        if predictor is None:
+            raise ScoringError(
+                503, f"no model loaded: {holder.last_error or 'unknown reason'}", code="model_unavailable"
+            )
+        return predictor
+
+    def json_body(optional: bool = False) -> Any:
+        """The decoded JSON body: 415 for other content types, 413 over the size limit, 400 if malformed."""
+        if optional and not request.content_length and not request.headers.get("Transfer-Encoding"):
+            return None
+        mimetype = request.mimetype
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise ScoringError(
+                415,
+                f"Content-Type must be application/json, got {mimetype or 'none'!r}",
+                code="unsupported_media_type",
+            )
+        return decode_json(request.get_data(cache=False))
+
+    def check_model_name(name: str, version: str | None = None) -> Predictor:
+        """404 unless `name` (and `version`, if given) is the served model."""
+        if name != config.model_name:
+            raise ScoringError(
+                404,
+                f"unknown model {name!r}; this server serves {config.model_name!r}",
+                code="model_not_found",
+            )
+        predictor = serving()
+        if version is not None and version != predictor.version:
+            raise ScoringError(
+                404,
+                f"model {name!r} version {version!r} is not served; the current version is {predictor.version!r}",
+                code="model_version_not_found",
+            )
+        return predictor
+
+    # ---- request bookkeeping ------------------------------------------------------------------
+
+    @app.before_request
+    def start_request() -> None:
+        g.started = time.perf_counter()
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        g.rows = 0
+        holder.sync()
+        note_model(holder.current)
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        elapsed = time.perf_counter() - getattr(g, "started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        method = request.method if request.method in _KNOWN_METHODS else "other"  # bounded label values
+        key = (endpoint, method, response.status_code)
+        children = metric_children.get(key)
+        if children is None:  # labels() resolves a child per call; cache it per (route, method, status)
+            status = str(response.status_code)
+            scoring = request.endpoint in _SCORING_ENDPOINTS
+            children = metric_children[key] = (
+                metrics.requests.labels(endpoint=endpoint, method=method, status=status),
+                metrics.latency.labels(endpoint=endpoint),
+                metrics.rows.labels(endpoint=endpoint, status=status) if scoring else None,
+                metrics.batch_rows.labels(endpoint=endpoint) if scoring else None,
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        rows = getattr(g, "rows", 0)
+        if children[2] is not None:
+            children[2].inc(rows)
+            if response.status_code == 200:
+                children[3].observe(rows)
+        request_id = getattr(g, "request_id", "")
+        response.headers["X-Request-ID"] = request_id
+        level = (
+            logging.DEBUG
+            if request.endpoint in _QUIET_ENDPOINTS and response.status_code < 400
+            else logging.INFO
+        )
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "rows": rows,
+                },
+            )
+        return response
+
+    # ---- errors: one handler for the scoring layer's error type, JSON for everything else -----
+
+    @app.errorhandler(ScoringError)
+    def scoring_error(exc: ScoringError) -> Response:
+        return _json(exc.to_dict(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        message = exc.description or exc.name
+        if isinstance(exc, RequestEntityTooLarge):
+            message = f"request body exceeds {config.max_body_bytes} bytes (TICKGUARD_MAX_BODY_BYTES)"
+        elif exc.code == 404:
+            message = f"no route {request.path!r}; see GET /openapi.json"
+        elif exc.code == 405:
+            message = f"method {request.method} is not allowed on {request.path!r}"
+        response = _json({"error": message, "code": _snake(exc.name)}, exc.code or 500)
+        for key, value in exc.get_headers():
+            if key.lower() == "allow":
+                response.headers[key] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", "")})
+        return _json(
+            {
+                "error": f"internal error (request id {getattr(g, 'request_id', '?')}); see the service log",
+                "code": "internal_error",
+            },
+            500,
+        )
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    @app.post("/predict", endpoint="predict")
+    def predict() -> Response:
+        """Score one record or a batch."""
+        predictor = serving()
+        body, rows = predictor.predict_response(json_body())
+        g.rows = rows
+        return _json(body)
+
+    @app.post("/v2/models/<name>/infer", endpoint="infer")
+    @app.post("/v2/models/<name>/versions/<version>/infer", endpoint="infer")
+    def infer(name: str, version: str | None = None) -> Response:
+        """Open Inference Protocol inference."""
+        predictor = check_model_name(name, version)
+        payload = json_body()
+        matrix, outputs = parse_infer(payload, predictor.schema)
+        scores, anomalies = predictor.predict(matrix)
+        g.rows = int(matrix.shape[0])
+        request_id = payload.get("id") if isinstance(payload.get("id"), str) else g.request_id
+        return _json(
+            infer_response(config.model_name, predictor.version, request_id, scores, anomalies, outputs)
+        )
+
+    # ---- V2 health and metadata ------------------------------------------------------------
+
+    @app.get("/v2", endpoint="server_metadata")
+    def server_metadata() -> Response:
+        """V2 server metadata."""
+        return _json({"name": "tickguard", "version": __version__, "extensions": []})
+
+    @app.get("/v2/health/live", endpoint="live")
+    def live() -> Response:
+        """The process answers."""
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready", endpoint="ready")
+    def ready() -> Response:
+        """Ready when a model is loaded."""
+        predictor = holder.current
+        if predictor is None:
+            return _json({"ready": False, "error": f"no model loaded: {holder.last_error}"}, 503)
+        return _json({"ready": True, "model_version": predictor.version})
+
+    @app.get("/v2/models/<name>", endpoint="model_metadata")
+    @app.get("/v2/models/<name>/versions/<version>", endpoint="model_metadata")
+    def v2_model_metadata(name: str, version: str | None = None) -> Response:
+        """Inputs and outputs of the served model."""
+        predictor = check_model_name(name, version)
+        return _json(
+            model_metadata(config.model_name, predictor.version, predictor.schema, predictor.threshold)
+        )
+
+    @app.get("/v2/models/<name>/ready", endpoint="model_ready")
+    @app.get("/v2/models/<name>/versions/<version>/ready", endpoint="model_ready")
+    def model_ready(name: str, version: str | None = None) -> Response:
+        """Ready when the named model is loaded."""
+        predictor = check_model_name(name, version)
+        return _json({"name": name, "ready": True, "model_version": predictor.version})
+
+    # ---- model card, admin, metrics, docs -----------------------------------------------------
+
+    @app.get("/model", endpoint="model_card")
+    def model_card() -> Response:
+        """The served model's card."""
+        return _json(serving().artifact.card)
+
+    @app.post("/admin/reload", endpoint="admin_reload")
+    def admin_reload() -> Response:
+        """Swap in another model version after verifying it; the old one serves until then."""
+        if not config.admin_token:
+            raise ScoringError(
+                503, "admin endpoint disabled: set TICKGUARD_ADMIN_TOKEN to enable it", code="admin_disabled"
+            )
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), config.admin_token.encode()
+        ):
+            response = _json({"error": "missing or wrong bearer token", "code": "unauthorized"}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tickguard-admin"'
+            return response
+        body = json_body(optional=True) or {}
+        if (
+            not isinstance(body, dict)
+            or not set(body) <= {"model"}
+            or not isinstance(body.get("model", ""), str)
+        ):
+            raise ScoringError(400, 'the body must be {"model": "<version or production>"} or empty')
+        target = body.get("model") or "production"
+        try:
+            new, old = holder.reload(target)
+        except ScoringError:
+            metrics.reloads.labels(result="failed").inc()
+            raise
+        metrics.reloads.labels(result="ok").inc()
+        note_model(new)
+        log.info(
+            "model reloaded",
+            extra={
+                "model_version": new.version,
+                "previous_version": old.version if old else None,
+                "model_dir": str(new.path),
+            },
+        )
+        return _json(
+            {
+                "status": "reloaded",
+                "model_version": new.version,
+                "previous_version": old.version if old else None,
+                "model_dir": str(new.path),
+            }
+        )
+
+    @app.get("/metrics", endpoint="metrics")
+    def metrics_endpoint() -> Response:
+        """Prometheus text exposition."""
+        payload, content_type = metrics.render()
+        return Response(payload, content_type=content_type)
+
+    @app.get("/openapi.json", endpoint="openapi")
+    def openapi() -> Response:
+        """The OpenAPI 3 document (feature schema of the model being served)."""
+        predictor = holder.current
+        features = list(predictor.schema.features) if predictor else []
+        ignored = sorted(predictor.schema.ignored) if predictor else ["Time"]
+        key = predictor.version if predictor else ""
+        if key not in openapi_cache:
+            openapi_cache.clear()
+            openapi_cache[key] = orjson.dumps(build_openapi(features, ignored, config.model_name))
+        return Response(openapi_cache[key], mimetype="application/json")
+
+    @app.get("/", endpoint="index")
+    def index() -> Response:
+        """Where to look next."""
+        return _json(
+            {"service": "tickguard", "version": __version__, "openapi": "/openapi.json", "model": "/model"}
+        )
+
+    return app
+
+
+def model_dir_of(app: Flask) -> Path | None:
+    """Directory of the model an app currently serves (for tests and tools)."""
+    predictor = app.extensions["tickguard"]["holder"].current
+    return predictor.path if predictor else None

@@ -1,0 +1,73 @@
+"""Gunicorn settings for the REST service (api/gunicorn.conf.py re-exports this module).
+
+Tuned for a small machine: a few processes (the GIL makes threads useless for CPU-bound
+scoring), each with a few threads so slow clients and keep-alive connections do not block a
+process. Every value can be overridden on the gunicorn command line or by the env vars below.
+"""
+
+import os
+import shutil
+import tempfile
+
+wsgi_app = "tickguard.service.app:create_app()"
+bind = os.environ.get("TICKGUARD_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("TICKGUARD_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("TICKGUARD_THREADS", "4"))
+keepalive = 15  # seconds; the UDF agent and benchmarks reuse connections
+timeout = 60
+graceful_timeout = 20
+max_requests = 0  # no periodic worker recycling: a model load is not free
+accesslog = None  # the app writes one JSON line per request, with its request id
+errorlog = "-"
+loglevel = os.environ.get("TICKGUARD_LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "tickguard.service.jsonlog.JsonFormatter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+    },
+}
+
+_created_dirs: list[str] = []
+
+
+def on_starting(server):
+    """Before any worker exists: give the workers shared directories for metrics and reloads."""
+    # One BLAS/OpenMP thread per worker: the workers already use the cores, and thread pools
+    # inside each request only add contention and latency.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    for variable, prefix in (
+        ("PROMETHEUS_MULTIPROC_DIR", "tickguard-metrics-"),
+        ("TICKGUARD_RUNTIME_DIR", "tickguard-run-"),
+    ):
+        path = os.environ.get(variable)
+        if path:
+            # Stale metric files from an earlier run would be summed into this one's totals.
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path, exist_ok=True)
+        else:
+            path = tempfile.mkdtemp(prefix=prefix)
+            _created_dirs.append(path)
+            os.environ[variable] = path
+        server.log.info("%s=%s", variable, path)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the shared metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the temporary directories this config created."""
+    for path in _created_dirs:
+        shutil.rmtree(path, ignore_errors=True)

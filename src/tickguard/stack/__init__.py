@@ -1,0 +1,1 @@
+"""The stack: holdout replay generator, Kapacitor task loading and the local (no-Docker) pipeline."""

@@ -1,0 +1,136 @@
+"""`tickguard generate` and `tickguard up --local`: the stack's command-line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from tickguard.errors import TickguardError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `generate` and `up` subcommands."""
+    from tickguard.stack.config import generator_settings, influx_settings
+
+    influx = influx_settings()
+    defaults = generator_settings()
+    gen = subparsers.add_parser(
+        "generate",
+        help="replay holdout transactions into InfluxDB with timestamps of now",
+        description=(
+            "Replay the holdout rows (time-ordered last 20%% of the data set) into InfluxDB "
+            "measurement 'transactions'. Credentials come from TICKGUARD_INFLUXDB_USER/_PASSWORD."
+        ),
+    )
+    gen.add_argument("--url", default=influx.url, help="InfluxDB URL (default %(default)s)")
+    gen.add_argument("--database", default=influx.database, help="database (default %(default)s)")
+    gen.add_argument("--retention-policy", default=influx.retention_policy, help="default %(default)s")
+    gen.add_argument("--measurement", default=influx.measurement, help="default %(default)s")
+    gen.add_argument(
+        "--rate", type=float, default=defaults.rate, help="points/s, 0 = unpaced (default %(default)s)"
+    )
+    stop = gen.add_mutually_exclusive_group()
+    stop.add_argument("--count", type=int, help="stop after this many points")
+    stop.add_argument("--duration", help="stop after this long, e.g. 90s, 5m")
+    gen.add_argument("--shuffle", action="store_true", help="random order instead of file order")
+    gen.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
+    gen.add_argument("--loop", action="store_true", help="start over when the holdout rows run out")
+    gen.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
+    gen.add_argument(
+        "--max-retries", type=int, default=defaults.max_retries, help="per batch (default %(default)s)"
+    )
+    gen.add_argument("--source-tag", default=defaults.source_tag, help="value of tag 'source'")
+    gen.add_argument("--data", help="creditcard.csv path (default: data/raw/creditcard.csv)")
+    gen.add_argument("--json", action="store_true", help="print the final report as JSON")
+    gen.set_defaults(func=run_generate)
+
+    up = subparsers.add_parser(
+        "up",
+        help="run the whole pipeline (InfluxDB, Kapacitor, API, UDF, generator)",
+        description="Without Docker: `tickguard up --local` runs the native runtime from `make tick`.",
+    )
+    up.add_argument("--local", action="store_true", required=True, help="native runtime (no Docker)")
+    up.add_argument(
+        "--rate", type=float, default=defaults.rate, help="generator points/s (default %(default)s)"
+    )
+    up.add_argument(
+        "--count", type=int, help="generator stops after this many points (default: loop forever)"
+    )
+    up.add_argument("--no-generator", action="store_true", help="start the pipeline without replaying data")
+    up.add_argument("--workdir", help="where the servers keep data and logs (default .tick/local-stack)")
+    up.add_argument("--models-dir", help="model versions directory (default <repo>/models)")
+    up.add_argument("--model", default="production", help="model version to serve (default %(default)s)")
+    up.set_defaults(func=run_up)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Replay holdout rows as configured on the command line."""
+    from dataclasses import replace
+
+    from tickguard.stack.config import influx_settings
+    from tickguard.stack.generator import (
+        InfluxWriter,
+        ReplayPlan,
+        load_holdout,
+        log_progress,
+        parse_duration,
+        replay,
+    )
+
+    if args.batch_size <= 0:
+        raise TickguardError(f"--batch-size must be positive, got {args.batch_size}")
+    settings = replace(
+        influx_settings(),
+        url=args.url,
+        database=args.database,
+        retention_policy=args.retention_policy,
+        measurement=args.measurement,
+    )
+    plan = ReplayPlan(
+        rate=args.rate,
+        count=args.count,
+        duration_s=parse_duration(args.duration) if args.duration else None,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        loop=args.loop,
+        batch_size=args.batch_size,
+        max_retries=args.max_retries,
+        source_tag=args.source_tag,
+    )
+    rows = load_holdout(args.data)
+    log.info(
+        "replaying %d holdout rows into %s %s.%s at %s points/s",
+        len(rows),
+        settings.url,
+        settings.database,
+        settings.measurement,
+        args.rate or "unlimited",
+    )
+    writer = InfluxWriter(settings)
+    try:
+        report = replay(rows, plan, writer, measurement=settings.measurement, progress=log_progress)
+    finally:
+        writer.close()
+    if args.json:
+        summary = {k: v for k, v in vars(report).items() if k != "txids"} | {"rate": report.rate}
+        print(json.dumps(summary))
+    else:
+        print(f"generate: {report.summary()}")
+    return 0 if report.failed == 0 else 1
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Run the local stack until Ctrl-C."""
+    from tickguard.stack.local import run_local_stack
+
+    return run_local_stack(
+        rate=args.rate,
+        count=args.count,
+        generator=not args.no_generator,
+        workdir=args.workdir,
+        models_dir=args.models_dir,
+        model=args.model,
+    )

@@ -1,0 +1,382 @@
+"""The whole pipeline without Docker: `tickguard up --local` (or `python -m tickguard.stack.local`).
+
+Starts, in order, the REST model service (`tickguard serve`), the socket UDF agent (`tickguard udf`),
+then the native influxd + kapacitord from `make tick` (tickguard.runtime) with Kapacitor loading the
+same TICKscripts as compose (load directory), and finally the holdout generator. Ctrl-C stops them all
+in reverse order. Grafana and Chronograf are not part of local mode (they only run as their official
+images under Docker); point them at the printed URLs if you have them.
+
+`LocalStack` is also what the end-to-end test and notebook 06 use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tickguard.errors import TickguardError
+from tickguard.stack import tasks as stack_tasks
+from tickguard.stack.config import DATABASE, SCORED_MEASUREMENT, InfluxSettings, influx_settings
+
+log = logging.getLogger(__name__)
+
+UDF_NAME = "tickguard"
+STATUS_EVERY_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _socket_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ChildProcess:
+    """A tickguard subcommand in its own process, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Launch `python -m tickguard.cli <argv>` with output to the log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tickguard.cli", *self.argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            )
+
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def fail(self, what: str) -> TickguardError:
+        """An error carrying the tail of this process's log."""
+        return TickguardError(
+            f"{self.name} {what}; last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        if not self.running():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class LocalStack:
+    """API, UDF agent, influxd and kapacitord (with tickguard's tasks) on loopback ports."""
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        models_dir: Path | str | None = None,
+        model: str = "production",
+        task_vars: dict[str, str] | None = None,
+        api_workers: int = 1,
+        start_timeout: float = 90.0,
+    ):
+        self.workdir = Path(workdir).resolve()
+        self.models_dir = Path(models_dir) if models_dir else stack_tasks.repo_root() / "models"
+        self.model = model
+        self.task_vars = dict(task_vars or {})
+        self.api_workers = api_workers
+        self.start_timeout = start_timeout
+        self.api_port = _free_port()
+        # Unix socket paths are limited to ~107 bytes, so the socket lives in a short /tmp directory.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="tg-udf-", dir="/tmp"))
+        self.socket_path = self._socket_dir / "udf.sock"
+        self.alert_log = self.workdir / "alerts.log"
+        self.load_dir = self.workdir / "kapacitor-load"
+        self.api: ChildProcess | None = None
+        self.udf: ChildProcess | None = None
+        self.runtime = None  # tickguard.runtime.TickRuntime once started
+
+    # -- addresses ------------------------------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        """Base URL of the REST model service."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def influx_url(self) -> str:
+        """Base URL of influxd."""
+        return self._runtime().influx_url
+
+    @property
+    def kapacitor_url(self) -> str:
+        """Base URL of kapacitord (API under /kapacitor/v1)."""
+        return self._runtime().kapacitor_url
+
+    def influx_settings(self) -> InfluxSettings:
+        """Where the generator writes (local mode runs InfluxDB without authentication, on loopback only)."""
+        from dataclasses import replace
+
+        return replace(influx_settings(), url=self.influx_url, username="", password="")
+
+    def _runtime(self):
+        if self.runtime is None:
+            raise TickguardError("the local stack is not started")
+        return self.runtime
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> LocalStack:
+        """Start every part, in dependency order; on failure stop what was started and raise."""
+        from tickguard.runtime import TickRuntime, find_tick_binaries
+
+        binaries = find_tick_binaries()
+        if not binaries.servers_found:
+            raise TickguardError(binaries.describe_missing())
+        model_path = self.models_dir / self.model
+        if not model_path.exists():
+            raise TickguardError(
+                f"model {model_path} not found: run `make train` (or `make train-fast`) first"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        logs = self.workdir / "logs"
+        try:
+            self._start_api(logs)
+            self._start_udf(logs)
+            overrides = {"alert_log": f"'{self.alert_log}'", **stack_tasks.vars_from_env(), **self.task_vars}
+            stack_tasks.write_load_dir(self.load_dir, overrides)
+            tick_dir = self.workdir / "tick"
+            shutil.rmtree(tick_dir, ignore_errors=True)  # fresh servers: no stale tasks or subscriptions
+            self.runtime = TickRuntime(
+                tick_dir,
+                udfs={UDF_NAME: (self.socket_path, "10s")},
+                binaries=binaries,
+                kapacitor_config={"load": {"enabled": True, "dir": str(self.load_dir)}},
+                start_timeout=self.start_timeout,
+            )
+            self.runtime.start()
+            self.runtime.create_database(DATABASE)
+            self._wait_for_tasks()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_api(self, logs: Path) -> None:
+        self.api = ChildProcess(
+            "API (tickguard serve)",
+            [
+                "serve",
+                "--port",
+                str(self.api_port),
+                "--workers",
+                str(self.api_workers),
+                "--models-dir",
+                str(self.models_dir),
+                "--model",
+                self.model,
+            ],
+            logs / "api.log",
+        )
+        self.api.start()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not self.api.running():
+                raise self.api.fail("exited during start")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.api_url}/v2/health/ready", timeout=2).ok:
+                    log.info("API ready on %s", self.api_url)
+                    return
+            time.sleep(0.3)
+        raise self.api.fail(f"not ready after {self.start_timeout:.0f} s")
+
+    def _start_udf(self, logs: Path) -> None:
+        self.udf = ChildProcess(
+            "UDF agent (tickguard udf)",
+            ["udf", "--socket", str(self.socket_path), "--url", self.api_url, "--metrics-port", "0"],
+            logs / "udf.log",
+        )
+        self.udf.start()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not self.udf.running():
+                raise self.udf.fail("exited during start")
+            if self.socket_path.exists() and _socket_accepts(self.socket_path):
+                log.info("UDF agent listening on %s", self.socket_path)
+                return
+            time.sleep(0.2)
+        raise self.udf.fail(f"did not listen on {self.socket_path} within {self.start_timeout:.0f} s")
+
+    def _wait_for_tasks(self, timeout: float = 30.0) -> None:
+        """Wait until Kapacitor has loaded and enabled every task from the load directory."""
+        client = self._runtime().kapacitor_client()
+        deadline = time.monotonic() + timeout
+        while True:
+            loaded = {task.id: task for task in client.list_tasks()}
+            missing = [t for t in stack_tasks.TASK_IDS if t not in loaded or not loaded[t].enabled]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                errors = {
+                    t: loaded[t].error for t in missing if t in loaded and getattr(loaded[t], "error", "")
+                }
+                raise TickguardError(f"Kapacitor did not load/enable tasks {missing} {errors or ''}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop everything that runs, in reverse order."""
+        if self.runtime is not None:
+            with contextlib.suppress(Exception):
+                self.runtime.stop()
+        for child in (self.udf, self.api):
+            if child is not None:
+                with contextlib.suppress(Exception):
+                    child.stop()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- looking at the data --------------------------------------------------------------------------
+    def query(self, influxql: str, database: str = DATABASE) -> list[dict]:
+        """Rows of an InfluxQL query as dicts (column -> value)."""
+        return self._runtime().influx.select(influxql, database)
+
+    def scored_count(self) -> int:
+        """How many points have reached transactions_scored."""
+        rows = self.query(f'SELECT count("latency_ms") FROM "{SCORED_MEASUREMENT}"')
+        return int(rows[0]["count"]) if rows else 0
+
+    def generator(self, rate: float, count: int | None, loop: bool, logs: Path | None = None) -> ChildProcess:
+        """Start `tickguard generate` against this stack's InfluxDB (not started yet: call .start())."""
+        argv = ["generate", "--url", self.influx_url, "--rate", str(rate), "--shuffle"]
+        argv += ["--count", str(count)] if count else ["--duration", "87600h"]
+        if loop:
+            argv.append("--loop")
+        return ChildProcess("generator", argv, (logs or self.workdir / "logs") / "generator.log")
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP all stop the stack cleanly (a shell's background job ignores SIGINT
+    unless the handler is set explicitly)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
+def run_local_stack(
+    rate: float = 50.0,
+    count: int | None = None,
+    generator: bool = True,
+    workdir: str | None = None,
+    models_dir: str | None = None,
+    model: str = "production",
+) -> int:
+    """Run the local stack until Ctrl-C, printing where to look and a status line now and then."""
+    workdir_path = Path(workdir) if workdir else stack_tasks.repo_root() / ".tick" / "local-stack"
+    _stop_on_signals()
+    stack = LocalStack(workdir_path, models_dir=models_dir, model=model)
+    print("tickguard up --local: starting API, UDF agent, InfluxDB and Kapacitor ...", flush=True)
+    stack.start()
+    gen = None
+    try:
+        if generator:
+            gen = stack.generator(rate, count, loop=count is None)
+            gen.start()
+        gen_text = (
+            f"{rate} points/s" if generator else f"off (run: tickguard generate --url {stack.influx_url})"
+        )
+        print(
+            f"""
+tickguard local stack is running (loopback only, InfluxDB without authentication):
+  InfluxDB    {stack.influx_url}   database {DATABASE}: transactions, {SCORED_MEASUREMENT}
+  Kapacitor   {stack.kapacitor_url}/kapacitor/v1/tasks   tasks: {", ".join(stack_tasks.TASK_IDS)}
+  REST API    {stack.api_url}/model
+  Alerts      {stack.alert_log}  and InfluxDB chronograf.autogen.alerts
+  Logs        {stack.workdir / "logs"}  and {stack.workdir / "tick"}/*/ (server logs)
+  Generator   {gen_text}
+Try: curl -G '{stack.influx_url}/query' --data-urlencode 'db={DATABASE}' \\
+       --data-urlencode 'q=SELECT count(score) FROM {SCORED_MEASUREMENT}'
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        while True:
+            time.sleep(STATUS_EVERY_S)
+            for child in (stack.api, stack.udf):
+                if child is not None and not child.running():
+                    raise child.fail("stopped unexpectedly")
+            state = "running" if gen and gen.running() else "finished" if gen else "off"
+            with contextlib.suppress(Exception):
+                print(f"  scored points so far: {stack.scored_count()} (generator {state})", flush=True)
+    except KeyboardInterrupt:
+        print("\ntickguard up --local: stopping ...", flush=True)
+    finally:
+        if gen is not None:
+            gen.stop()
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tickguard.stack.local`: same as `tickguard up --local`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="generator points/s (default %(default)s)")
+    parser.add_argument("--count", type=int, help="generator stops after this many points (default: loop)")
+    parser.add_argument("--no-generator", action="store_true", help="do not replay data")
+    parser.add_argument("--workdir", help="data and logs (default .tick/local-stack)")
+    parser.add_argument("--models-dir", help="model versions directory (default <repo>/models)")
+    parser.add_argument("--model", default="production", help="model version to serve (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_local_stack(
+            args.rate, args.count, not args.no_generator, args.workdir, args.models_dir, args.model
+        )
+    except TickguardError as exc:
+        print(f"tickguard up --local: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

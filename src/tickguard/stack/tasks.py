@@ -1,0 +1,76 @@
+"""tickguard's Kapacitor tasks: the TICKscripts in compose/kapacitor/tasks/ and how they are loaded.
+
+Compose and local mode load the same files through Kapacitor's load directory (`[load] dir`, scripts in
+`<dir>/tasks/*.tick`, each naming its database with a `dbrp` statement; the task id is the file name).
+Before loading, a `var <name> = <value>` line may be overridden by TICKVAR_<name>=<value> from the
+environment; compose/kapacitor/entrypoint.sh does the same substitution in the container.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from tickguard.errors import TickguardError
+
+TASK_IDS = ("score", "fraud_alert", "anomaly_rate", "scoring_errors", "kapacitor_stats")
+TICKVAR_PREFIX = "TICKVAR_"
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from ($TICKGUARD_ROOT wins)."""
+    if env := os.environ.get("TICKGUARD_ROOT"):
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[3]
+
+
+def tasks_dir() -> Path:
+    """Where the TICKscripts live: $TICKGUARD_TASKS_DIR or <repo>/compose/kapacitor/tasks."""
+    path = Path(os.environ.get("TICKGUARD_TASKS_DIR") or repo_root() / "compose" / "kapacitor" / "tasks")
+    if not path.is_dir():
+        raise TickguardError(f"TICKscript directory {path} not found (set TICKGUARD_TASKS_DIR)")
+    return path
+
+
+def read_scripts(directory: Path | None = None) -> dict[str, str]:
+    """Task id -> TICKscript text, for every *.tick file (sorted by name)."""
+    directory = directory or tasks_dir()
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(directory.glob("*.tick"))}
+
+
+def vars_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """TICKVAR_<name>=<value> variables from the environment, as {name: value}."""
+    env = os.environ if env is None else env
+    return {key[len(TICKVAR_PREFIX) :]: value for key, value in env.items() if key.startswith(TICKVAR_PREFIX)}
+
+
+def render_script(script: str, overrides: Mapping[str, str]) -> str:
+    """The script with each overridden `var <name> = ...` line replaced by `var <name> = <value>`."""
+    for name, value in overrides.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise TickguardError(f"TICKVAR_{name}: not a TICKscript variable name")
+        script = re.sub(
+            rf"^var {name} = .*$", lambda _m, n=name, v=value: f"var {n} = {v}", script, flags=re.M
+        )
+    return script
+
+
+def declared_vars(script: str) -> dict[str, str]:
+    """The `var <name> = <literal>` defaults a script declares at the top level."""
+    return dict(re.findall(r"^var (\w+) = (.+)$", script, flags=re.M))
+
+
+def write_load_dir(load_dir: Path, overrides: Mapping[str, str] | None = None) -> list[Path]:
+    """Fill `<load_dir>/tasks/` with the rendered scripts (old *.tick files removed); returns the paths."""
+    target = load_dir / "tasks"
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob("*.tick"):
+        stale.unlink()
+    written = []
+    for task_id, script in read_scripts().items():
+        path = target / f"{task_id}.tick"
+        path.write_text(render_script(script, overrides or {}), encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Training the fraud model: pipeline, Optuna tuning, threshold choice, evaluation (notebooks call this)."""

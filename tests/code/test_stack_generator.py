@@ -1,0 +1,157 @@
+"""The holdout generator: encoding, pacing and ordering, retries, and real writes into influxd."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tickguard.errors import TickguardError
+from tickguard.stack.config import InfluxSettings
+from tickguard.stack.generator import (
+    FEATURE_FIELDS,
+    InfluxWriter,
+    LineEncoder,
+    ReplayPlan,
+    check_rows,
+    parse_duration,
+    replay,
+    row_order,
+)
+
+
+def make_rows(count: int, start_index: int = 227_845, seed: int = 1) -> pd.DataFrame:
+    """Rows shaped like the holdout (index = row number in the data file)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(count, len(FEATURE_FIELDS))), columns=list(FEATURE_FIELDS))
+    frame["Time"] = np.arange(count, dtype=np.float64) // 3  # many rows share a second, as in the data set
+    frame["Amount"] = rng.gamma(2.0, 40.0, size=count)
+    frame["Class"] = (rng.random(count) < 0.05).astype(np.int64)
+    frame.index = pd.RangeIndex(start_index, start_index + count)
+    return frame
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25)]
+)
+def test_parse_duration_accepts_units(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    with pytest.raises(TickguardError, match="duration '5 minutes'"):
+        parse_duration("5 minutes")
+
+
+def test_timestamps_are_unique_and_increasing_even_within_one_clock_tick() -> None:
+    encoder = LineEncoder("transactions", "holdout-replay")
+    stamps = [encoder.encode(np.zeros(len(FEATURE_FIELDS)), 0, f"tx{i}")[1] for i in range(20_000)]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_line_protocol_has_fields_label_txid_and_one_low_cardinality_tag() -> None:
+    encoder = LineEncoder("transactions", "holdout replay")
+    line, ts = encoder.encode(np.arange(len(FEATURE_FIELDS), dtype=float) + 0.5, 1, "tx000042")
+    stamp = line.rsplit(" ", 1)[1]
+    assert line.startswith("transactions,source=holdout\\ replay ")
+    assert int(stamp) == ts
+    assert 'txid="tx000042"' in line and "Class=1i" in line
+    for name in ("Time", "V1", "V28", "Amount"):
+        assert f"{name}=" in line
+
+
+def test_check_rows_names_the_field_and_row_of_a_bad_value() -> None:
+    rows = make_rows(10)
+    rows.iloc[4, rows.columns.get_loc("V3")] = np.nan
+    with pytest.raises(TickguardError, match=r"holdout row 227849: field V3 is not a finite number"):
+        check_rows(rows)
+
+
+def test_check_rows_names_missing_columns() -> None:
+    with pytest.raises(TickguardError, match="lack column.*Class"):
+        check_rows(make_rows(3).drop(columns=["Class"]))
+
+
+def test_row_order_file_order_shuffle_and_loop() -> None:
+    assert list(row_order(5, ReplayPlan())) == [0, 1, 2, 3, 4]
+    shuffled = list(row_order(50, ReplayPlan(shuffle=True, seed=3)))
+    assert sorted(shuffled) == list(range(50)) and shuffled != list(range(50))
+    looping = row_order(3, ReplayPlan(loop=True))
+    assert [next(looping) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_loop_without_an_end_is_refused() -> None:
+    with pytest.raises(TickguardError, match="--loop needs --count or --duration"):
+        replay(make_rows(3), ReplayPlan(loop=True), write=lambda lines: None)
+
+
+def test_unreachable_influxdb_is_retried_with_backoff_then_counted_as_failed() -> None:
+    settings = InfluxSettings(f"http://127.0.0.1:{closed_port()}", "", "", "fraud", "autogen", "transactions")
+    writer = InfluxWriter(settings, timeout_ms=2000)
+    waits: list[float] = []
+    try:
+        report = replay(
+            make_rows(25), ReplayPlan(rate=0, batch_size=10, max_retries=3), writer, sleep=waits.append
+        )
+    finally:
+        writer.close()
+    assert report.written == 0
+    assert report.failed == 25  # three batches: 10 + 10 + 5
+    assert report.retried == 3 * 25  # every batch retried three times
+    assert waits[:3] == [0.25, 0.5, 1.0]  # exponential backoff per batch
+
+
+@pytest.mark.tick
+def test_replay_writes_every_row_once_into_real_influxdb(influx_server) -> None:
+    influx_server.create_database("gen_test")
+    settings = InfluxSettings(influx_server.url, "", "", "gen_test", "autogen", "transactions")
+    rows = make_rows(1200)
+    writer = InfluxWriter(settings)
+    try:
+        report = replay(rows, ReplayPlan(rate=0, batch_size=250), writer)
+    finally:
+        writer.close()
+    assert (report.written, report.failed, report.retried) == (1200, 0, 0)
+    stored = influx_server.select('SELECT "txid", "Class", "Amount", "Time" FROM "transactions"', "gen_test")
+    assert len(stored) == 1200  # unique timestamps: no two rows merged
+    assert {r["txid"] for r in stored} == {f"tx{i:06d}" for i in rows.index}
+    by_txid = {r["txid"]: r for r in stored}
+    first = rows.iloc[0]
+    assert by_txid["tx227845"]["Amount"] == pytest.approx(first["Amount"])
+    assert by_txid["tx227845"]["Class"] == int(first["Class"])
+    tags = influx_server.select('SHOW TAG VALUES FROM "transactions" WITH KEY = "source"', "gen_test")
+    assert [t["value"] for t in tags] == ["holdout-replay"]
+
+
+@pytest.mark.tick
+def test_replay_paces_to_the_rate_and_stops_at_the_count(influx_server) -> None:
+    influx_server.create_database("gen_rate")
+    settings = InfluxSettings(influx_server.url, "", "", "gen_rate", "autogen", "transactions")
+    writer = InfluxWriter(settings)
+    try:
+        report = replay(make_rows(500), ReplayPlan(rate=200, count=300, shuffle=True), writer)
+    finally:
+        writer.close()
+    assert report.written == 300
+    # 300 points at 200/s cannot be sent in much less than 1.5 s (the first point goes at t=0).
+    assert report.elapsed_s >= 1.4
+    assert report.batches > 1  # paced sends go in small batches, not one burst
+
+
+@pytest.mark.tick
+def test_missing_database_is_a_clear_error_not_a_retry_loop(influx_server) -> None:
+    settings = InfluxSettings(influx_server.url, "", "", "no_such_db", "autogen", "transactions")
+    writer = InfluxWriter(settings)
+    try:
+        with pytest.raises(TickguardError, match="InfluxDB rejected a batch.*404"):
+            replay(make_rows(5), ReplayPlan(rate=0), writer)
+    finally:
+        writer.close()

@@ -1,0 +1,114 @@
+"""Pure units of the agent: options, output encoding, the circuit breaker, settings, the watchdog's task filter."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tickguard.agent import udf_pb2 as pb
+from tickguard.agent.config import agent_settings
+from tickguard.agent.encode import ScoredFieldsEncoder, bool_entry, double_entry, int_entry, string_entry
+from tickguard.agent.options import OptionError, defaults, info_response, parse_options
+from tickguard.agent.scoring import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, CircuitBreaker
+from tickguard.agent.watchdog import uses_udf
+
+
+def option(name, value_type, **value):
+    """One InitRequest option with a single value."""
+    return pb.Option(name=name, values=[pb.OptionValue(type=value_type, **value)])
+
+
+def test_settings_come_from_the_environment_with_defaults():
+    settings = agent_settings({})
+    assert (
+        settings.url == "http://127.0.0.1:8000" and settings.mode == "score" and settings.batch_size == 1000
+    )
+    assert settings.metrics_host == "127.0.0.1"
+    custom = agent_settings({"TICKGUARD_SCORING_URL": "http://api:8000/", "TICKGUARD_UDF_BATCH_SIZE": "50"})
+    assert custom.url == "http://api:8000" and custom.batch_size == 50
+
+
+def test_options_override_defaults():
+    base = defaults(agent_settings({}))
+    parsed = parse_options(
+        [
+            option("url", pb.STRING, stringValue="http://svc:9000/"),
+            option("fields", pb.STRING, stringValue="V1, V2"),
+            option("fields", pb.STRING, stringValue="Amount"),
+            option("threshold", pb.DOUBLE, doubleValue=0.7),
+            option("batchSize", pb.INT, intValue=64),
+            option("flushInterval", pb.DURATION, durationValue=5_000_000),
+            option("timeout", pb.DURATION, durationValue=250_000_000),
+        ],
+        base,
+    )
+    assert parsed.url == "http://svc:9000"
+    assert parsed.fields == ("V1", "V2", "Amount")
+    assert parsed.threshold == 0.7 and parsed.batch_size == 64
+    assert parsed.flush_interval_s == 0.005 and parsed.timeout_s == 0.25
+    assert parse_options([option("mode", pb.STRING, stringValue="naive")], base).batch_size == 1
+
+
+@pytest.mark.parametrize(
+    ("opt", "message"),
+    [
+        (option("nope", pb.STRING, stringValue="x"), "unknown option .nope()"),
+        (option("fields", pb.STRING, stringValue="V1,,V2"), "empty field name"),
+        (option("flagField", pb.STRING, stringValue="score"), "both 'score'"),
+        (option("flushInterval", pb.DURATION, durationValue=-1), "flushInterval"),
+        (pb.Option(name="batchSize"), "exactly one argument"),
+    ],
+)
+def test_bad_options_raise_a_message_naming_them(opt, message):
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_options([opt], defaults(agent_settings({})))
+
+
+def test_info_response_declares_edges():
+    info = info_response(pb.BATCH, pb.BATCH).info
+    assert info.wants == pb.BATCH and info.provides == pb.BATCH and "batchSize" in info.options
+
+
+def test_hand_encoded_entries_decode_as_protobuf_map_entries():
+    point = pb.Point.FromString(
+        double_entry("score", 0.25)
+        + bool_entry("anomaly", True)
+        + int_entry("tp", 1)
+        + string_entry("error", "é")
+    )
+    assert point.fieldsDouble["score"] == 0.25 and point.fieldsBool["anomaly"] is True
+    assert point.fieldsInt["tp"] == 1 and point.fieldsString["error"] == "é"
+
+
+def test_appended_fields_override_same_named_input_fields():
+    original = pb.Point(name="m", fieldsDouble={"score": 9.0, "V1": 1.0}).SerializeToString()
+    encoder = ScoredFieldsEncoder("score", "anomaly")
+    extra = encoder.scored_fields(0.5, 1.0, False, None, encoder.scored_tail("v", 0.4))
+    point = pb.Point.FromString(original + extra)
+    assert point.fieldsDouble["score"] == 0.5 and point.fieldsDouble["V1"] == 1.0
+    assert point.fieldsBool["scored"] is True and point.fieldsString["model_version"] == "v"
+
+
+def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown():
+    breaker = CircuitBreaker(failures=2, cooldown_s=0.05)
+    breaker.record_failure("boom")
+    assert breaker.state == BREAKER_CLOSED and breaker.allow()
+    breaker.record_failure("boom")
+    assert breaker.state == BREAKER_OPEN and not breaker.allow()
+    time.sleep(0.06)
+    assert breaker.allow() and breaker.state == BREAKER_HALF_OPEN
+    assert not breaker.allow()  # one trial at a time
+    breaker.record_failure("still down")
+    assert breaker.state == BREAKER_OPEN
+    time.sleep(0.06)
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == BREAKER_CLOSED and breaker.allow()
+
+
+def test_watchdog_recognises_tasks_using_the_udf():
+    assert uses_udf("stream\n  |from()\n  @tickguard()\n  .url('x')", ["tickguard"])
+    assert uses_udf("@tickguard_batch ()", ["tickguard", "tickguard_batch"])
+    assert not uses_udf("@tickguard_batch()", ["tickguard"])
+    assert not uses_udf("stream|from()|alert()", ["tickguard"])

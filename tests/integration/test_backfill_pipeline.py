@@ -1,0 +1,230 @@
+"""`tickguard backfill`: points the score task never saw get scored and written like live ones.
+
+The integration tests run the real local pipeline (tests/fixtures/pipeline.py) and make a real gap by
+disabling the `score` task while the generator writes, exactly what happens while a task is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import requests
+
+from tickguard.cli import main as tickguard_main
+from tickguard.errors import TickguardError
+from tickguard.ops.backfill import (
+    Backfiller,
+    encode_line,
+    encode_value,
+    feature_row,
+    label_of,
+    parse_duration_ns,
+    parse_time,
+)
+from tickguard.stack.generator import txid_for
+
+NOW = 1_800_000_000_000_000_000
+
+
+# ---- pure functions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("now-10m", NOW - 600 * 10**9),
+        ("-90s", NOW - 90 * 10**9),
+        ("now+1h", NOW + 3600 * 10**9),
+        ("1700000000", 1_700_000_000 * 10**9),
+        ("1700000000123", 1_700_000_000_123 * 10**6),
+        ("1700000000123456789", 1_700_000_000_123_456_789),
+        ("2023-11-14T22:13:20Z", 1_700_000_000 * 10**9),
+        ("2023-11-14T22:13:20.123456789Z", 1_700_000_000_123_456_789),
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000 * 10**9),
+    ],
+)
+def test_parse_time_accepts_relative_absolute_and_epoch_times(text: str, expected: int) -> None:
+    assert parse_time(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "now-", "-10 parsecs", "2023-13-45T00:00:00Z", ""])
+def test_parse_time_rejects_garbage_with_the_value_in_the_message(text: str) -> None:
+    with pytest.raises(TickguardError, match=r"time|duration"):
+        parse_time(text, NOW)
+
+
+def test_parse_duration_combines_units() -> None:
+    assert parse_duration_ns("1h30m") == 5400 * 10**9
+    assert parse_duration_ns("250ms") == 250 * 10**6
+
+
+def test_values_are_encoded_with_the_type_influxdb_has_for_the_field() -> None:
+    assert encode_value(0, "float") == "0.0"  # InfluxDB's JSON turns the float 0.0 into 0
+    assert encode_value(1, "integer") == "1i"
+    assert encode_value('say "hi" \\', "string") == '"say \\"hi\\" \\\\"'
+    assert encode_value(True, "boolean") == "true"
+    assert encode_value(None, "float") is None
+    assert encode_value(math.nan, None) is None  # InfluxDB cannot store NaN: the field is left out
+    line = encode_line("m s", {"b": "x y", "a": "1,2", "empty": ""}, {"f=1": "1.5"}, 42)
+    assert line == "m\\ s,a=1\\,2,b=x\\ y f\\=1=1.5 42"
+
+
+def test_feature_row_names_the_first_unusable_field() -> None:
+    features = ("V1", "V2", "Amount")
+    assert feature_row({"V1": 1, "V2": 2.5, "Amount": 3}, features) == ([1.0, 2.5, 3.0], "")
+    assert feature_row({"V1": 1, "Amount": 3}, features) == (None, "missing feature field 'V2'")
+    assert (
+        feature_row({"V1": 1, "V2": "abc", "Amount": 3}, features)[1]
+        == "field 'V2' is a string ('abc'), not a number"
+    )
+    assert (
+        feature_row({"V1": True, "V2": 1, "Amount": 3}, features)[1]
+        == "field 'V1' is a boolean, not a number"
+    )
+
+
+def test_labels_are_read_like_the_agent_reads_them() -> None:
+    assert [label_of(v) for v in (1, 0, 1.0, True, "fraud", "0", None)] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        None,
+    ]
+
+
+def test_counterparts_match_by_time_and_txid_when_both_have_one() -> None:
+    match = Backfiller.match
+    assert match(None, "tx1") is None
+    assert match([("tx1", True)], "tx1") is True
+    assert match([("tx2", True)], "tx1") is None  # same timestamp, another transaction
+    assert match([(None, True)], "tx1") is True  # no txid on one side: the timestamp decides
+    assert match([("tx1", False)], "tx1") is False  # emitted unscored
+
+
+# ---- against the real pipeline ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gap(pipeline, replay_rows) -> dict:
+    """Rows replayed live, then with the score task disabled (the gap), then live again."""
+    rows = replay_rows.iloc[40_000:40_900]
+    client = pipeline.stack.runtime.kapacitor_client()
+    first = pipeline.replay(rows.iloc[:300], rate=1000)
+    # Disabling a task drops what it holds in flight: let the first third arrive first.
+    pipeline.wait_settled(first.first_time_ns, first.last_time_ns, quiet_s=10)
+    client.disable_task("score")
+    try:
+        missed = pipeline.replay(rows.iloc[300:600], rate=1000)
+    finally:
+        client.enable_task("score")
+    last = pipeline.replay(rows.iloc[600:], rate=1000)
+    pipeline.wait_settled(last.first_time_ns, last.last_time_ns, quiet_s=10)
+    start, end = first.first_time_ns, last.last_time_ns
+    counts = pipeline.counts(start, end)
+    return {"rows": rows, "start": start, "end": end, "missed": missed, "counts": counts}
+
+
+def test_the_gap_is_real_before_the_backfill(gap) -> None:
+    assert gap["counts"]["in"] == 900
+    assert gap["counts"]["out"] == 600, "the disabled task should have scored nothing of the middle third"
+
+
+def test_backfill_scores_exactly_the_missing_points_and_is_idempotent(pipeline, gap) -> None:
+    settings = pipeline.backfill_settings()
+    report = Backfiller(settings).run(gap["start"], gap["end"])
+    assert (report.source_points, report.already_scored, report.missing) == (900, 600, 300)
+    assert report.written == report.scored == 300 and report.unscorable == 0
+    counts = pipeline.counts(gap["start"], gap["end"])
+    assert counts["out"] == counts["in"] == counts["scored"] == 900
+    assert counts["backfilled"] == 300
+    missed_txids = set(gap["missed"].txids)
+    backfilled = pipeline.query(
+        f'SELECT "txid" FROM "transactions_scored" WHERE time >= {gap["start"]} AND time <= {gap["end"]} '
+        "AND backfilled = true"
+    )
+    assert {row["txid"] for row in backfilled} == missed_txids
+    again = Backfiller(settings).run(gap["start"], gap["end"])
+    assert (again.missing, again.unscored_counterparts, again.written) == (0, 0, 0)
+
+
+def test_backfilled_points_look_like_live_ones_and_carry_the_service_scores(pipeline, gap) -> None:
+    window = f"time >= {gap['start']} AND time <= {gap['end']}"
+    live = pipeline.query(f'SELECT * FROM "transactions_scored" WHERE {window} AND latency_ms >= 0 LIMIT 1')[
+        0
+    ]
+    filled = pipeline.query(f'SELECT * FROM "transactions_scored" WHERE {window} AND backfilled = true')
+    assert filled
+    live_fields = {k for k, v in live.items() if v is not None} - {"latency_ms"}
+    filled_fields = {k for k, v in filled[0].items() if v is not None} - {"backfilled"}
+    assert filled_fields == live_fields
+    assert filled[0]["model_version"] == live["model_version"]
+    assert filled[0]["threshold"] == live["threshold"]
+    # The scores are the service's for the same transactions.
+    rows = gap["rows"].set_axis([txid_for(i) for i in gap["rows"].index])
+    card = requests.get(f"{pipeline.stack.api_url}/model", timeout=10).json()
+    by_txid = {row["txid"]: row for row in filled}
+    txids = sorted(by_txid)
+    body = {"columns": card["features"], "data": rows.loc[txids, card["features"]].to_numpy().tolist()}
+    answer = requests.post(f"{pipeline.stack.api_url}/predict", json=body, timeout=30).json()
+    for txid, prediction in zip(txids, answer["predictions"], strict=True):
+        point = by_txid[txid]
+        assert point["score"] == pytest.approx(prediction["score"], abs=1e-12)
+        assert point["anomaly"] == prediction["anomaly"]
+        label = bool(rows.loc[txid, "Class"])
+        assert (point["tp"], point["fp"], point["fn"], point["tn"]) == (
+            int(label and point["anomaly"]),
+            int(not label and point["anomaly"]),
+            int(label and not point["anomaly"]),
+            int(not label and not point["anomaly"]),
+        )
+
+
+def test_cli_rescores_history_into_a_named_measurement(pipeline, gap, capsys) -> None:
+    code = tickguard_main(
+        [
+            "backfill",
+            "--from", str(gap["start"]),
+            "--to", str(gap["end"]),
+            "--url", pipeline.stack.influx_url,
+            "--api-url", pipeline.stack.api_url,
+            "--measurement", "transactions_rescored",
+            "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["written"] == report["missing"] == 900
+    rescored = pipeline.count("transactions_rescored", "score", gap["start"], gap["end"])
+    assert rescored == 900
+    # Same model, same transactions: the re-scored history equals the live one.
+    window = f"time >= {gap['start']} AND time <= {gap['end']}"
+    old = {
+        r["txid"]: r["score"]
+        for r in pipeline.query(f'SELECT "txid", "score" FROM "transactions_scored" WHERE {window}')
+    }
+    new = {
+        r["txid"]: r["score"]
+        for r in pipeline.query(f'SELECT "txid", "score" FROM "transactions_rescored" WHERE {window}')
+    }
+    assert new.keys() == old.keys()
+    assert all(new[t] == pytest.approx(old[t], abs=1e-12) for t in new)
+
+
+def test_dry_run_counts_and_writes_nothing(pipeline, gap) -> None:
+    report = Backfiller(pipeline.backfill_settings(), target="transactions_dry", dry_run=True).run(
+        gap["start"], gap["end"]
+    )
+    assert report.missing == 900 and report.written == 0
+    assert pipeline.query('SHOW MEASUREMENTS WITH MEASUREMENT = "transactions_dry"') == []
+
+
+def test_cli_reports_a_bad_time_in_one_line(capsys) -> None:
+    assert tickguard_main(["backfill", "--from", "last tuesday"]) == 1
+    err = capsys.readouterr().err
+    assert "last tuesday" in err and "Traceback" not in err

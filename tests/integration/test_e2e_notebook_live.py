@@ -1,0 +1,46 @@
+"""Runs notebooks/06_live_deployment.ipynb top to bottom on the local stack (it starts and stops it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests._deps import require
+from tickguard.data.dataset import default_csv_path
+from tickguard.runtime import find_tick_binaries
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "06_live_deployment.ipynb"
+
+
+@pytest.mark.notebooks
+@pytest.mark.tick
+@pytest.mark.slow
+def test_live_deployment_notebook_runs(service_models_dir, monkeypatch) -> None:
+    binaries = find_tick_binaries()
+    require(binaries.servers_found, binaries.describe_missing())
+    require(default_csv_path().is_file(), "creditcard.csv missing: run `make data`")
+    monkeypatch.setenv("TICKGUARD_FAST", "1")
+    monkeypatch.setenv("TICKGUARD_MODELS_DIR", str(service_models_dir))
+    for name in ("TICKGUARD_INFLUXDB_URL", "TICKGUARD_INFLUXDB_USER", "TICKGUARD_INFLUXDB_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit it with outputs cleared"
+    )
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    text = "".join(
+        str(output.get("text", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "(local stack started here)" in text
+    assert "scored points: 600 of 600 expected" in text
+    assert "live precision" in text and "nan" not in text.split("live precision")[1].split("\n")[0]
+    assert "0 latest alerts" not in text
+    assert "local stack stopped" in text

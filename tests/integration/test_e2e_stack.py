@@ -1,0 +1,180 @@
+"""End to end on the local runtime: generator -> influxd -> kapacitord (our TICKscripts, our UDF agent,
+our REST service) -> transactions_scored, alerts and every Grafana panel query.
+
+One stack for the module (starting it costs seconds and CPU): the tests run in file order and share it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from tests._deps import require
+from tickguard.stack import dashboards
+from tickguard.stack.generator import InfluxWriter, ReplayPlan, load_holdout, replay, txid_for
+from tickguard.stack.local import LocalStack
+
+pytestmark = [pytest.mark.tick, pytest.mark.slow]
+
+NORMAL_ROWS = 1500  # the first holdout rows, in file order
+FRAUD_ROWS = 60  # plus frauds from later in the holdout, so some points are surely flagged
+ARRIVAL_TIMEOUT_S = 120
+STATS_WAIT_S = 90
+
+
+def poll(check, timeout: float, interval: float = 0.5):
+    """Call check() until it returns something truthy or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    from tickguard.data.dataset import default_csv_path
+
+    require(default_csv_path().is_file(), f"{default_csv_path()} missing: run `make data`")
+    holdout = load_holdout()
+    frauds = holdout.iloc[NORMAL_ROWS:][holdout.iloc[NORMAL_ROWS:]["Class"] == 1].head(FRAUD_ROWS)
+    return pd.concat([holdout.iloc[:NORMAL_ROWS], frauds])
+
+
+@pytest.fixture(scope="module")
+def stack(tick_binaries, service_models_dir: Path, tmp_path_factory) -> LocalStack:
+    workdir = tmp_path_factory.mktemp("e2e-stack")
+    local = LocalStack(workdir, models_dir=service_models_dir, model="production")
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def replayed(stack: LocalStack, rows: pd.DataFrame) -> dict:
+    """Replay the rows once and wait until every point has left the pipeline."""
+    started = time.monotonic()
+    writer = InfluxWriter(stack.influx_settings())
+    result: dict = {}
+    sender = threading.Thread(
+        target=lambda: result.update(report=replay(rows, ReplayPlan(rate=1000), writer))
+    )
+    sender.start()
+    first = poll(stack.scored_count, 30, 0.05)
+    first_scored_s = time.monotonic() - started
+    sender.join()
+    writer.close()
+    report = result["report"]
+    arrived = poll(lambda: stack.scored_count() >= len(rows) and stack.scored_count(), ARRIVAL_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    print(
+        f"\ne2e: {report.summary()}; first scored point after {first_scored_s:.2f} s; "
+        f"{arrived} scored in {elapsed:.1f} s ({(arrived or 0) / elapsed:.0f} points/s end to end)"
+    )
+    assert first, "no point reached transactions_scored within 30 s"
+    return {"report": report, "arrived": arrived, "sent_until_ns": time.time_ns()}
+
+
+def test_every_generated_point_arrives_scored_exactly_once(stack, rows, replayed) -> None:
+    assert replayed["report"].written == len(rows)
+    assert replayed["report"].failed == 0
+    time.sleep(2)  # nothing more may arrive: exactly N, not N plus duplicates
+    assert stack.scored_count() == len(rows)
+    counts = stack.query(
+        'SELECT count("score") AS scored, count("latency_ms") AS total FROM "transactions_scored"'
+    )
+    assert counts[0]["scored"] == counts[0]["total"] == len(rows)
+    assert stack.query('SELECT "txid" FROM "transactions_scored" WHERE "scored" = false') == []
+    txids = {row["txid"] for row in stack.query('SELECT "txid" FROM "transactions_scored"')}
+    assert txids == {txid_for(i) for i in rows.index}
+
+
+def test_flagged_transactions_match_the_api_for_the_same_rows(stack, rows, replayed) -> None:
+    card = requests.get(f"{stack.api_url}/model", timeout=10).json()
+    features = card.get("features") or card["card"]["features"]
+    body = {"instances": [{name: float(row[name]) for name in features} for _, row in rows.iterrows()]}
+    answer = requests.post(f"{stack.api_url}/predict", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    api_scores = {txid_for(i): p["score"] for i, p in zip(rows.index, predictions, strict=True)}
+    api_flagged = {txid_for(i) for i, p in zip(rows.index, predictions, strict=True) if p["anomaly"]}
+    stored = stack.query('SELECT "txid", "score", "anomaly" FROM "transactions_scored"')
+    pipeline_flagged = {r["txid"] for r in stored if r["anomaly"]}
+    assert api_flagged, "the test rows should contain transactions the model flags"
+    assert pipeline_flagged == api_flagged
+    for r in stored:
+        assert r["score"] == pytest.approx(api_scores[r["txid"]], abs=1e-9)
+
+
+def test_alerts_reach_chronograf_alert_history(stack, replayed) -> None:
+    flagged = {
+        r["txid"] for r in stack.query('SELECT "txid" FROM "transactions_scored" WHERE "anomaly" = true')
+    }
+
+    def fraud_alerts():
+        try:
+            found = stack.query(
+                'SELECT "value", "message", "duration", "txid", "level", "alertID" FROM "alerts" '
+                "WHERE \"alertName\" = 'fraud_alert'",
+                database="chronograf",
+            )
+        except Exception:  # the chronograf database appears with the first alert
+            return []
+        return found if len(found) >= len(flagged) else []
+
+    alerts = poll(fraud_alerts, 30)
+    assert len(alerts) == len(flagged)
+    assert {a["txid"] for a in alerts} == flagged
+    for alert in alerts:
+        assert alert["level"] == "CRITICAL"
+        assert alert["alertID"] == "fraud_alert"
+        assert alert["txid"] in alert["message"] and "score" in alert["message"]
+        assert isinstance(alert["value"], float)
+    tags = stack.query('SHOW TAG KEYS FROM "alerts"', database="chronograf")
+    assert {"alertName", "alertID", "level", "triggerType"} <= {t["tagKey"] for t in tags}
+    logged = [line for line in Path(stack.alert_log).read_text().splitlines() if '"id":"fraud_alert"' in line]
+    assert len(logged) == len(flagged)
+
+
+def test_every_grafana_panel_query_returns_data(stack, replayed) -> None:
+    """Each query of each panel, interpolated as Grafana would for the dashboard's range, returns rows."""
+
+    def stats_ready() -> bool:
+        # Rate panels use non_negative_derivative, which needs two samples of each series taken after the
+        # replay; Kapacitor samples its statistics every 10 s. Wait for three to be safe.
+        rows = stack.query(
+            f'SELECT count("num_tasks") FROM "kapacitor" WHERE time > {replayed["sent_until_ns"]}',
+            database="_kapacitor",
+        )
+        return bool(rows) and rows[0]["count"] >= 3
+
+    assert poll(stats_ready, STATS_WAIT_S, 2), "Kapacitor statistics did not reach _kapacitor"
+    source = dashboards_datasource_interval()
+    empty = []
+    for board_builder in dashboards.DASHBOARDS.values():
+        board = board_builder()
+        now_ms = int(time.time() * 1000)
+        start_ms = now_ms - 15 * 60 * 1000  # the dashboards' range: now-15m .. now
+        assert board["time"] == {"from": "now-15m", "to": "now"}
+        for title, query in dashboards.panel_queries(board, start_ms, now_ms, source):
+            rows = stack.query(query)
+            values = [v for row in rows for k, v in row.items() if k != "time" and v is not None]
+            if not values:
+                empty.append(f"{board['title']} / {title}: {query}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+
+
+def dashboards_datasource_interval() -> str:
+    import yaml
+
+    provisioning = (
+        Path(__file__).resolve().parents[2] / "grafana" / "provisioning" / "datasources" / "influxdb.yaml"
+    )
+    (source,) = yaml.safe_load(provisioning.read_text())["datasources"]
+    return source["jsonData"]["timeInterval"]
