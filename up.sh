@@ -3,6 +3,7 @@
 #   ./up.sh           Docker: InfluxDB, Kapacitor, Chronograf, Grafana, JupyterLab, api, udf, generator
 #   ./up.sh --local   no Docker: the native servers from `make tick`, the API, the UDF and the generator
 #                     (extra flags go to `tickguard up --local`, e.g. --rate 100); Ctrl-C stops everything
+#   ./up.sh --init-env  only create/complete .env (random secrets) and exit
 # On first run .env is created from .env.example with random secrets.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,12 +11,40 @@ ROOT=$(pwd)
 
 die() { echo "up.sh: $*" >&2; exit 1; }
 
+# --- .env with random secrets on first run ------------------------------------------------------
+init_env() {
+  local secrets=(INFLUXDB_ADMIN_PASSWORD INFLUXDB_READER_PASSWORD GRAFANA_ADMIN_PASSWORD JUPYTER_TOKEN TICKGUARD_ADMIN_TOKEN)
+  if [ ! -f .env ]; then
+    cp .env.example .env
+    chmod 600 .env
+    echo "up.sh: created .env from .env.example"
+  fi
+  local key value tmp
+  for key in "${secrets[@]}"; do
+    if grep -q "^${key}=\$" .env || ! grep -q "^${key}=" .env; then
+      value=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+      tmp=$(mktemp)
+      awk -v k="$key" -v v="$value" 'BEGIN{done=0} $0 ~ "^"k"=" {print k"="v; done=1; next} {print} END{if(!done) print k"="v}' .env >"$tmp"
+      cat "$tmp" >.env && rm -f "$tmp"
+      echo "up.sh: generated $key"
+    fi
+  done
+  # `cd compose && docker compose up` reads compose/.env: point it at the same file.
+  [ -e compose/.env ] || ln -s ../.env compose/.env
+}
+
+if [ "${1:-}" = "--init-env" ]; then
+  init_env
+  exit 0
+fi
+
 if [ "${1:-}" = "--local" ]; then
   shift
-  PY="$ROOT/.venv/bin/python"
-  [ -x "$PY" ] || die "no .venv: run 'make venv' first"
-  [ -x "$ROOT/.tick/bin/influxd" ] && [ -x "$ROOT/.tick/bin/kapacitord" ] || die "no native servers in .tick/bin: run 'make tick' first"
-  exec "$PY" -m tickguard.stack.local "$@"
+  # First run: the venv, the native servers and the data set are built/fetched here (cached afterwards).
+  command -v make >/dev/null || die "make not found (apt-get install make)"
+  echo "up.sh: preparing the local runtime (venv, servers from 'make tick', data)..."
+  make --no-print-directory venv tick data || die "preparing the local runtime failed (see above)"
+  exec "$ROOT/.venv/bin/python" -m tickguard.stack.local "$@"
 fi
 
 # --- prerequisites ------------------------------------------------------------------------------
@@ -28,28 +57,14 @@ else
   die "neither 'docker compose' nor 'docker-compose' found"
 fi
 docker info >/dev/null 2>&1 || die "the Docker daemon is not reachable (is it running? may this user use it?)"
-[ -f data/raw/creditcard.csv ] || die "data/raw/creditcard.csv missing: run 'make data' (the generator replays it)"
+if [ ! -f data/raw/creditcard.csv ]; then
+  # The generator replays the holdout rows; fetch the hash-verified data set once (cached in ~/.cache/tickguard).
+  echo "up.sh: data/raw/creditcard.csv missing: fetching it (make data)..."
+  make --no-print-directory data || die "fetching the data set failed; or put a creditcard.csv of the Kaggle schema in data/raw/"
+fi
 [ -e models/production ] || die "models/production missing: run 'make train' (or 'make train-fast') first"
 
-# --- .env with random secrets on first run ------------------------------------------------------
-SECRETS=(INFLUXDB_ADMIN_PASSWORD INFLUXDB_READER_PASSWORD GRAFANA_ADMIN_PASSWORD JUPYTER_TOKEN TICKGUARD_ADMIN_TOKEN)
-random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-if [ ! -f .env ]; then
-  cp .env.example .env
-  chmod 600 .env
-  echo "up.sh: created .env from .env.example"
-fi
-for key in "${SECRETS[@]}"; do
-  if grep -q "^${key}=\$" .env || ! grep -q "^${key}=" .env; then
-    value=$(random_secret)
-    tmp=$(mktemp)
-    awk -v k="$key" -v v="$value" 'BEGIN{done=0} $0 ~ "^"k"=" {print k"="v; done=1; next} {print} END{if(!done) print k"="v}' .env >"$tmp"
-    cat "$tmp" >.env && rm -f "$tmp"
-    echo "up.sh: generated $key"
-  fi
-done
-# `cd compose && docker compose up` reads compose/.env: point it at the same file.
-[ -e compose/.env ] || ln -s ../.env compose/.env
+init_env
 
 # --- build, start, wait -------------------------------------------------------------------------
 compose() { "${COMPOSE[@]}" --env-file "$ROOT/.env" -f "$ROOT/compose/docker-compose.yml" "$@"; }

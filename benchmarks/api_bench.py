@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -93,6 +94,7 @@ async def _connection(
             continue
         done = time.perf_counter()
         status = int(head[9:12])
+        stats["completed"] += 1
         if sent >= warmup_end:
             stats["latencies"].append(done - sent)
             if status != 200:
@@ -115,7 +117,7 @@ async def _drive(
     rate: float,
 ) -> dict:
     """Run `clients` connections for warmup + duration seconds; collect latencies after warmup."""
-    stats: dict = {"latencies": [], "errors": 0, "checked": []}
+    stats: dict = {"latencies": [], "errors": 0, "checked": [], "completed": 0}
     start = time.perf_counter()
     warmup_end = start + warmup
     stop = warmup_end + duration
@@ -140,14 +142,17 @@ def run_load(
     rows_per_request: int,
     check_every: int = 0,
     rate: float = 0.0,
+    server_pid: int | None = None,
 ) -> dict:
     """Drive the load (closed loop, or paced at `rate` requests/s in total) and summarise it."""
+    cpu_before = server_cpu_seconds(server_pid) if server_pid else None
     stats = asyncio.run(_drive(port, requests, clients, duration, min(2.0, duration / 5), check_every, rate))
+    cpu_after = server_cpu_seconds(server_pid) if server_pid else None
     latencies = np.array(stats["latencies"]) * 1000.0
     seconds = stats["measured_seconds"]
     if latencies.size == 0:
         return {"requests": 0, "errors": stats["errors"], "note": "no request completed"}
-    return {
+    summary = {
         "clients": clients,
         "mode": f"paced at {rate:g} requests/s in total"
         if rate
@@ -167,6 +172,33 @@ def run_load(
         },
         "_checked": stats["checked"],
     }
+    if cpu_before is not None and cpu_after is not None and stats["completed"]:
+        # CPU the server spent per request (warm-up included on both sides), and what that would
+        # allow if the server had both cores to itself (no load generator, no neighbours).
+        per_request = (cpu_after - cpu_before) / stats["completed"]
+        summary["server_cpu_ms_per_request"] = round(per_request * 1000, 3)
+        summary["capacity_rows_per_s_on_2_dedicated_cores_estimate"] = round(
+            2.0 / per_request * rows_per_request, 1
+        )
+    return summary
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU seconds of a gunicorn master and its live workers (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [master_pid]
+    with contextlib.suppress(OSError):  # the master already exited
+        pids += [
+            int(pid) for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        ]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 # ---- the naive baseline (the prototype's way of serving) ---------------------------------------
@@ -182,6 +214,7 @@ def naive_server(port: int, model_dir: str) -> None:
 
     @app.post("/predict")
     def predict():
+        """Load the model, score one record."""
         model = joblib.load(Path(model_dir) / "model.joblib")  # per request, as the prototype did
         record = request.get_json()
         row = np.array([[float(record[name]) for name in card["features"]]])
@@ -350,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file=SCRATCH / "api_bench_server.log",
     ) as service:
         port = service.port
+        pid = service.process.pid  # `tickguard serve` exec()s gunicorn: this is the master
         batches = [
             http_request(
                 "/predict", json.dumps({"columns": features, "data": rows[i : i + BATCH_ROWS]}).encode(), port
@@ -358,17 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         ]
         singles = [http_request("/predict", json.dumps(record).encode(), port) for record in records[:500]]
         print(f"api_bench: batch scenario ({args.batch_clients} connections, {duration:.0f}s)", flush=True)
-        batch = run_load(port, batches, args.batch_clients, duration, BATCH_ROWS, check_every=20)
+        batch = run_load(
+            port, batches, args.batch_clients, duration, BATCH_ROWS, check_every=20, server_pid=pid
+        )
         check_batch_responses(batch.pop("_checked"))
         print(f"api_bench: single-record scenario ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
-        single = run_load(port, singles, CONCURRENCY, duration, 1)
+        single = run_load(port, singles, CONCURRENCY, duration, 1, server_pid=pid)
         single.pop("_checked")
         paced_rate = args.paced_rate or round(0.5 * single["requests_per_s"])
         print(f"api_bench: single-record, {CONCURRENCY} connections paced at {paced_rate} req/s", flush=True)
-        paced = run_load(port, singles, CONCURRENCY, duration, 1, rate=paced_rate)
+        paced = run_load(port, singles, CONCURRENCY, duration, 1, rate=paced_rate, server_pid=pid)
         paced.pop("_checked")
         print("api_bench: single-record scenario, 1 connection (service time)", flush=True)
-        single1 = run_load(port, singles, 1, min(duration, 10.0), 1)
+        single1 = run_load(port, singles, 1, min(duration, 10.0), 1, server_pid=pid)
         single1.pop("_checked")
     results["tickguard"] = {
         "batch_1000": batch,
@@ -437,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
             "target": TARGETS["single_p99_ms"],
             "met": paced["latency_ms"]["p99"] <= TARGETS["single_p99_ms"],
         },
+        "batch_capacity_estimate_2_dedicated_cores_rows_per_s": batch.get(
+            "capacity_rows_per_s_on_2_dedicated_cores_estimate"
+        ),
         "note": "Closed-loop latency at 32 clients is 32 / throughput (Little's law): a p50 of 2 ms would need "
         "16,000 requests/s from 2 shared cores. The paced run shows the latency 32 clients see below saturation.",
     }

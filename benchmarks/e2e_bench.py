@@ -70,6 +70,7 @@ TARGETS = {
     "tickguard_vs_naive": 50.0,
 }
 MIN_BACKLOG = 4000
+NAIVE_MIN_BACKLOG = 500
 MAX_BACKLOG = 100_000
 TICK_S = 0.05
 
@@ -178,18 +179,21 @@ def drain(probe, expected: int, patience_s: float) -> bool:
     return probe.wait_for(expected, timeout_s=600, idle_s=patience_s)
 
 
-def sustained_phase(stack, probe, writer: LineWriter, seconds: float, warmup_s: float) -> dict[str, Any]:
+def sustained_phase(
+    stack, probe, writer: LineWriter, seconds: float, warmup_s: float, min_backlog: int = MIN_BACKLOG
+) -> dict[str, Any]:
     """Closed loop: keep about two seconds of work queued; measure the output rate after the warm-up."""
     from tickguard.ops.probe import cpu_seconds
 
     base_out, base_written = probe.count, writer.written
     first_ns = writer.last_ns + 1
     pids = component_pids(stack)
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # The benchmark process is the parent of every server: count it alone, the others with their children.
+    cpu_before = {name: cpu_seconds(pid, tree=name != "bench") for name, pid in pids.items()}
     started_ns = time.time_ns()
     started = time.monotonic()
     stop = started + seconds
-    limit = MIN_BACKLOG
+    limit = min_backlog
     window: list[tuple[float, int]] = [(started, 0)]
     while (now := time.monotonic()) < stop:
         out = probe.count - base_out
@@ -199,14 +203,14 @@ def sustained_phase(stack, probe, writer: LineWriter, seconds: float, warmup_s: 
             span = window[-1][0] - window[0][0]
             if span > 0:
                 rate = (window[-1][1] - window[0][1]) / span
-                limit = int(min(MAX_BACKLOG, max(MIN_BACKLOG, 2 * rate)))
+                limit = int(min(MAX_BACKLOG, max(min_backlog, 2 * rate)))
         if (writer.written - base_written) - out >= limit:
             time.sleep(0.002)
             continue
         writer.write(max(100, min(1000, limit // 4)))
     stopped_ns = time.time_ns()
     wall = time.monotonic() - started
-    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_after = {name: cpu_seconds(pid, tree=name != "bench") for name, pid in pids.items()}
     measured_from = started_ns + int(warmup_s * 1e9)
     delivered = probe.count_between(measured_from, stopped_ns)
     points_per_s = delivered / ((stopped_ns - measured_from) / 1e9)
@@ -267,6 +271,63 @@ def latency_phase(stack, probe, writer: LineWriter, rate: float, seconds: float)
     }
 
 
+def node_stats(stack) -> dict[str, dict[str, Any]]:
+    """Kapacitor's counters of the score task's nodes (avg_exec_time_ns: time per point in that node)."""
+    try:
+        task = stack.runtime.kapacitor_client().get_task("score")
+    except Exception as exc:  # the numbers are an explanation, not a result: never fail the run on them
+        return {"error": {"message": repr(exc)}}
+    keep = ("avg_exec_time_ns", "collected", "emitted", "points_written", "write_errors", "errors")
+    return {
+        node: {key: value for key, value in stats.items() if key in keep}
+        for node, stats in task.stats.get("node-stats", {}).items()
+    }
+
+
+def start_profilers(pids: dict[str, int], seconds: float, directory: Path, config: str) -> list:
+    """py-spy (if installed) sampling the named Python processes (and their children) for `seconds`."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        log("--profile: py-spy not found (pip install py-spy); no profile taken")
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    running = []
+    for name, pid in pids.items():
+        out = directory / f"{config}-{name}.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100"]
+        command += ["--format", "raw", "--output", str(out), "--nonblocking", "--subprocesses"]
+        running.append(
+            (name, out, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        )
+    return running
+
+
+def summarize_profiles(running: list, top: int = 12) -> dict[str, Any]:
+    """Wait for the profilers; the functions with the most samples (own time) per process."""
+    summary: dict[str, Any] = {}
+    for name, out, process in running:
+        process.wait(60)
+        counts: dict[str, int] = {}
+        total = 0
+        with contextlib.suppress(OSError):
+            for line in out.read_text().splitlines():
+                stack, _, number = line.rpartition(" ")
+                if not stack or not number.isdigit():
+                    continue
+                frame = stack.split(";")[-1]
+                counts[frame] = counts.get(frame, 0) + int(number)
+                total += int(number)
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        summary[name] = {
+            "samples": total,
+            "file": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+            "top_self": [{"frame": frame, "share": round(n / total, 3)} for frame, n in ranked]
+            if total
+            else [],
+        }
+    return summary
+
+
 def component_pids(stack) -> dict[str, int]:
     """Root pid of each part of the pipeline."""
     pids = {"api": stack.api.proc.pid, "udf": stack.udf.proc.pid, "bench": os.getpid()}
@@ -302,7 +363,13 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
     log(f"{name}: starting the local stack (load average {load_start})")
     env = {**CONFIGS[name], "TICKGUARD_UDF_LOG_INTERVAL": "0", "TICKGUARD_LOG_LEVEL": "WARNING"}
     with environment(env):
-        stack = LocalStack(workdir, models_dir=models_dir, model=model, api_workers=args.api_workers)
+        stack = LocalStack(
+            workdir,
+            models_dir=models_dir,
+            model=model,
+            api_workers=args.api_workers,
+            task_vars=dict(item.split("=", 1) for item in args.task_var),
+        )
         stack.start()
     probe = WriteProbe().start()
     sampler = None
@@ -322,7 +389,16 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
         drain(probe, writer.written, patience_s=15)
         seconds = args.naive_seconds if name == "naive" else args.seconds
         log(f"{name}: sustained phase, {seconds:.0f} s closed loop")
-        sustained = sustained_phase(stack, probe, writer, seconds, warmup_s=min(5.0, seconds / 4))
+        profilers = []
+        if args.profile:
+            targets = {"udf": stack.udf.proc.pid, "api": stack.api.proc.pid}
+            profilers = start_profilers(targets, seconds, SCRATCH / "profiles", name)
+        # naive scores a few hundred points/s: a smaller floor keeps its queue (and drain) short.
+        floor = NAIVE_MIN_BACKLOG if name == "naive" else MIN_BACKLOG
+        sustained = sustained_phase(stack, probe, writer, seconds, min(5.0, seconds / 4), floor)
+        sustained["kapacitor_nodes"] = node_stats(stack)
+        if profilers:
+            sustained["profile"] = summarize_profiles(profilers)
         log(f"{name}: sustained {sustained['points_per_s']:.0f} points/s, cores {sustained['cpu_cores']}")
         rate = min(args.rate, args.latency_fraction * sustained["points_per_s"])
         log(f"{name}: latency phase at {rate:.0f} points/s for {args.latency_seconds:.0f} s")
@@ -352,6 +428,7 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
             "api_workers": args.api_workers,
             "tasks_enabled": ["score", *(SIDE_TASKS if args.with_alert_tasks else ())],
             "env": CONFIGS[name],
+            "task_vars": dict(item.split("=", 1) for item in args.task_var),
         }
         log(
             f"{name}: in {points_in}, out {points_out}, scored {scored}, rss {rss}, "
@@ -460,6 +537,18 @@ def main(argv: list[str] | None = None) -> int:
         "--api-workers", type=int, default=1, help="gunicorn workers (LocalStack's default: 1)"
     )
     parser.add_argument("--with-alert-tasks", action="store_true", help="keep the alerting tasks enabled")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the agent and the API with py-spy in the sustained phase",
+    )
+    parser.add_argument(
+        "--task-var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a TICKscript var of the tasks, e.g. flush_interval=100ms (repeatable)",
+    )
     parser.add_argument("--model", help="model directory (default models/production)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")

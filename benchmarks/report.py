@@ -54,7 +54,9 @@ def e2e_table() -> str:
         )
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     for name, check in data.get("targets", {}).items():
-        lines.append(f"| {name} {check['target']} | {check['value']} | {'yes' if check['met'] else '**no**'} |")
+        lines.append(
+            f"| {name} {check['target']} | {check['value']} | {'yes' if check['met'] else '**no**'} |"
+        )
     cores = {name: c["sustained"].get("cpu_cores") for name, c in data["configs"].items()}
     lines += ["", "CPU cores used per component during the sustained phase (2 cores in all):", ""]
     lines += ["| config | " + " | ".join(next(iter(cores.values())).keys()) + " |"]

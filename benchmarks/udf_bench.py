@@ -21,7 +21,7 @@ writes: from the point's timestamp (set when the benchmark generates it) to the 
 Everything shares this machine's 2 cores with whatever else runs, so the load average at start is
 recorded with the results.
 
-Run: .venv/bin/python -m benchmarks.udf_bench [--points 100000] [--naive-points 3000] [--rate 20000] [--model DIR|scratch]
+Run: .venv/bin/python -m benchmarks.udf_bench [--points 50000] [--naive-points 1000] [--rate 20000] [--model DIR|scratch]
 """
 
 from __future__ import annotations
@@ -417,10 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--points", type=int, default=100_000, help="points per echo/default run")
-    parser.add_argument("--naive-points", type=int, default=3_000, help="points for the naive run")
+    parser.add_argument("--points", type=int, default=50_000, help="points per echo/default run")
+    parser.add_argument("--naive-points", type=int, default=1_000, help="points for the naive run")
     parser.add_argument("--rate", type=float, default=20_000, help="points/s of the paced run (0 = skip it)")
-    parser.add_argument("--paced-seconds", type=float, default=10.0, help="duration of the paced run")
+    parser.add_argument("--paced-seconds", type=float, default=5.0, help="duration of the paced run")
     parser.add_argument(
         "--modes",
         default="direct-echo,direct-default,direct-capacity,direct-naive,noudf,echo,default,naive,paced",

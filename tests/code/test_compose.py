@@ -225,3 +225,21 @@ def test_shell_scripts_parse_and_are_executable() -> None:
         shell = "sh" if script.name == "entrypoint.sh" else "bash"
         result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
+
+
+def test_up_sh_creates_env_with_random_secrets_once(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "up.sh", tmp_path / "up.sh")
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env.example")
+    (tmp_path / "compose").mkdir()
+    first = subprocess.run(["bash", "up.sh", "--init-env"], cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    env = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if "=" in line)
+    values = [env[key] for key in SECRET_KEYS]
+    assert all(re.fullmatch(r"[0-9a-f]{48}", value) for value in values), values
+    assert len(set(values)) == len(values)
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "compose" / ".env").resolve() == (tmp_path / ".env").resolve()
+    second = subprocess.run(["bash", "up.sh", "--init-env"], cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 0 and "generated" not in second.stdout
+    again = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if "=" in line)
+    assert again == env, "a second run must keep the existing secrets"

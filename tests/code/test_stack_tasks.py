@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def echo_agent() -> Iterator[Path]:
     yield path
     proc.terminate()
     proc.wait(10)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.tick

@@ -108,3 +108,24 @@ def test_every_sampler_trains_and_predicts_probabilities(sampler):
     assert p[y == 1, 1].mean() > p[y == 0, 1].mean()
     with pytest.raises(ValueError, match="unknown sampler"):
         build_pipeline({**params, "sampler": "magic"})
+
+
+def test_serving_path_gives_exactly_the_pipelines_probabilities():
+    X, y = synthetic()
+    params = {**DEFAULT_PARAMS, "gb_n_estimators": 40, "et_n_estimators": 10}
+    pipe = build_pipeline(params, seed=3).fit(X, y)
+    served = ServingModel(pipe)
+    np.testing.assert_array_equal(served.predict_proba(X), pipe.predict_proba(X))
+    np.testing.assert_array_equal(served.predict_proba(X[:1]), pipe.predict_proba(X[:1]))
+
+
+def test_serving_path_rejects_bad_shapes_and_values():
+    X, y = synthetic(n=800, frauds=40)
+    params = {**DEFAULT_PARAMS, "sampler": "none", "gb_n_estimators": 10, "et_n_estimators": 5}
+    served = ServingModel(build_pipeline(params).fit(X, y))
+    with pytest.raises(ValueError, match="30 columns"):
+        served.predict_proba(X[:, :29])
+    bad = X[:3].copy()
+    bad[1, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        served.predict_proba(bad)

@@ -282,3 +282,45 @@ def test_undecodable_point_gets_a_clear_error_response(udf_agent_factory, scorin
     assert wire.init(flushInterval=("duration", 0)).init.success
     wire.send_raw(frame(b"\x8a\x01\x05\xff\xff\xff\xff\xff"))  # a point whose bytes are not a Point
     assert "not valid protobuf" in wire.receive_kind("error").error.error
+
+
+def test_metrics_endpoint_counts_points_batches_and_breaker_state(udf_agent_factory, scoring_service):
+    import requests
+
+    X, _ = synthetic_rows(20, seed=11)
+    agent = udf_agent_factory(url=scoring_service.url)
+    port = agent.metrics.serve("127.0.0.1", 0)
+    wire = UdfWire(agent.socket_path)
+    assert wire.init(flushInterval=("duration", 5 * MS)).init.success
+    wire.send_raw(b"".join(frame(make_point(i, values=X[i]).SerializeToString()) for i in range(20)))
+    for _ in range(20):
+        wire.receive_kind("point")
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "tickguard_udf_points_in_total 20.0" in text
+    assert "tickguard_udf_points_out_total 20.0" in text
+    assert "tickguard_udf_points_scored_total 20.0" in text
+    assert "tickguard_udf_batches_total" in text and "tickguard_udf_queue_depth 0.0" in text
+    assert "tickguard_udf_connections 1.0" in text
+    assert f'tickguard_udf_breaker_state{{state="closed",url="{scoring_service.url}"}} 1.0' in text
+    agent.metrics.stop()
+
+
+def test_an_internal_error_leaves_points_unscored_instead_of_killing_the_task(
+    udf_agent_factory, scoring_service, monkeypatch
+):
+    import tickguard.agent.connection as connection_module
+
+    def broken_prepare(*_args, **_kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(connection_module, "prepare", broken_prepare)
+    X, _ = synthetic_rows(3, seed=12)
+    wire = UdfWire(udf_agent_factory(url=scoring_service.url).socket_path)
+    assert wire.init(flushInterval=("duration", 0)).init.success
+    wire.send_raw(b"".join(frame(make_point(i, values=X[i]).SerializeToString()) for i in range(3)))
+    points = [wire.receive_kind("point").point for _ in range(3)]
+    assert [p.tags["seq"] for p in points] == ["0", "1", "2"]
+    assert all(not p.fieldsBool["scored"] and "internal error" in p.fieldsString["error"] for p in points)
+    assert all(p.fieldsDouble["V1"] == X[i][1] for i, p in enumerate(points))
+    wire.send(pb.Request(keepalive=pb.KeepaliveRequest(time=5)))
+    assert wire.receive_kind("keepalive").keepalive.time == 5

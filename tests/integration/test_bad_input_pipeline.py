@@ -78,14 +78,26 @@ def test_point_with_a_string_feature_is_marked_unscored(pipeline, replay_rows) -
     assert "V5" in bad["error"] and "string" in bad["error"]
 
 
-def test_nan_feature_from_a_tickscript_is_marked_unscored(pipeline, replay_rows) -> None:
-    # Line protocol cannot carry NaN; inside Kapacitor a computation can (sqrt(-1) = NaN).
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the agent marks the NaN point unscored, but passes V7=NaN through; Kapacitor's influxDBOut then "
+        "writes 'V7=NaN', InfluxDB refuses the whole write ('invalid number') and every point of that "
+        "batch is lost, good ones included. Fix (agent): drop or stringify non-finite fields of the points "
+        "it emits unscored. Remove this mark when fixed."
+    ),
+)
+def test_nan_feature_from_a_tickscript_is_marked_unscored_and_its_neighbours_survive(
+    pipeline, replay_rows
+) -> None:
+    # Line protocol cannot carry NaN; inside Kapacitor a computation can (sqrt(-1) = NaN). Only nan-1
+    # gets the NaN; its neighbours travel in the same batches.
     client = pipeline.stack.runtime.kapacitor_client()
     script = """
 stream
     |from()
         .measurement('nan_probe')
-    |eval(lambda: sqrt(-1.0))
+    |eval(lambda: if("txid" == 'nan-1', sqrt(-1.0), "V7"))
         .as('V7')
         .keep()
     @tickguard()
@@ -111,11 +123,10 @@ stream
         client.delete_task("bad_input_nan")
     assert task.executing, f"the NaN input stopped the task: {task.error}"
     assert len(found) == len(lines), (
-        f"{len(lines) - len(found)} of {len(lines)} points with a NaN field never reached InfluxDB "
-        f"(stored: {sorted(found)}); Kapacitor's log: {pipeline.stack.runtime.kapacitor.log_tail(5)}"
+        f"{len(lines) - len(found)} of {len(lines)} points never reached InfluxDB (stored: {sorted(found)})"
     )
-    for row in found.values():
-        assert row["scored"] is False and "V7" in row["error"]
+    assert found["nan-1"]["scored"] is False and "V7" in found["nan-1"]["error"]
+    assert found["nan-0"]["scored"] is True and found["nan-2"]["scored"] is True
 
 
 def test_batch_over_the_service_row_limit_gets_413_and_its_points_leave_unscored(

@@ -178,3 +178,37 @@ def dashboards_datasource_interval() -> str:
     )
     (source,) = yaml.safe_load(provisioning.read_text())["datasources"]
     return source["jsonData"]["timeInterval"]
+
+
+def test_anomaly_rate_alert_fires_and_scoring_errors_stays_quiet(stack, replayed) -> None:
+    """The test rows are ~3% flagged (frauds added on purpose): above anomaly_rate's 1% warn level."""
+    # Kapacitor's stream windows close when a later point arrives (point time drives them), and the burst
+    # above lasted ~2 s: a trickle of normal rows over 12 s lets the 10 s window emit.
+    trickle = rows_after_burst()
+    writer = InfluxWriter(stack.influx_settings())
+    try:
+        replay(trickle, ReplayPlan(rate=2.5), writer)
+    finally:
+        writer.close()
+
+    def rate_alerts():
+        return stack.query(
+            'SELECT "level", "value" FROM "alerts" WHERE "alertName" = \'anomaly_rate\'',
+            database="chronograf",
+        )
+
+    alerts = poll(rate_alerts, 30)
+    assert alerts, "anomaly_rate raised no alert"
+    assert {a["level"] for a in alerts} <= {"WARNING", "CRITICAL", "OK"}
+    assert any(a["level"] in {"WARNING", "CRITICAL"} and a["value"] > 0.01 for a in alerts)
+    errors = stack.query(
+        'SELECT "level" FROM "alerts" WHERE "alertName" = \'scoring_errors\'', database="chronograf"
+    )
+    assert errors == [], "every point was scored, so scoring_errors must not fire"
+
+
+def rows_after_burst() -> pd.DataFrame:
+    """30 normal holdout rows not used by the burst (their txids do not collide with it)."""
+    holdout = load_holdout()
+    later = holdout.iloc[-2000:]
+    return later[later["Class"] == 0].head(30)

@@ -115,3 +115,9 @@ def test_fast_training_does_not_touch_production(fast_model_dir):
     link = models_dir() / modelstore.PRODUCTION
     if link.exists():
         assert modelstore.resolve_model_dir(models_dir()) != fast_model_dir.resolve()
+
+
+def test_served_scores_equal_the_plain_pipelines(production_model, holdout):
+    X = holdout[production_model.features].to_numpy()[:5000]
+    pipeline = getattr(production_model.estimator, "pipeline", production_model.estimator)
+    np.testing.assert_allclose(production_model.score(X), pipeline.predict_proba(X)[:, 1], rtol=0, atol=1e-12)

@@ -33,7 +33,7 @@ from tickguard.agent.options import (
     info_response,
     parse_options,
 )
-from tickguard.agent.pipeline import Batch, MalformedRequest, prepare, render
+from tickguard.agent.pipeline import Batch, MalformedRequest, prepare, render, render_unscored
 from tickguard.agent.scoring import ClientRegistry, ScoringClient, ScoringUnavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ SNAPSHOT_MARKER = b"tickguard-udf/1"
 _STOP = object()
 _RAW = "raw"
 _POINTS = "points"
+
+
+class _Failed:
+    """Stands in for a scoring future when a batch could not even be prepared."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 class ProtocolError(Exception):
@@ -76,6 +83,7 @@ class Connection:
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
         self._closing = False
+        self._write_blocked_s = 0.0  # total time the emitter waited for Kapacitor to take our output
         self._close_lock = threading.Lock()
         self._last_keepalive: float | None = None
         self.keepalive_interval_s: float | None = None
@@ -250,15 +258,21 @@ class Connection:
         if self.options.mode == MODE_NAIVE:
             for body in points:  # the prototype's way: one synchronous request per point, on this thread
                 batch = Batch([body], arrival)
-                self._score_now(batch)
+                try:
+                    self._score_now(batch)
+                except (OSError, MalformedRequest):
+                    raise
+                except Exception as exc:  # a bug must not stop the task: the point leaves unscored
+                    log.exception("%s: scoring a point failed", self.describe())
+                    self._write_unscored(batch, f"internal error while scoring the point: {exc!r}")
             return
-        self._batch_queue.put((_POINTS, points, arrival))
+        self._batch_queue.put((_POINTS, points, arrival, self._write_blocked_s))
 
     def _submit_raw(self, data: bytes) -> None:
         if self.options.mode == MODE_NAIVE:
             self.write(data)
         else:
-            self._batch_queue.put((_RAW, data, 0.0))
+            self._batch_queue.put((_RAW, data, 0.0, 0.0))
 
     def _features(self) -> tuple[tuple[str, ...] | None, str]:
         if self.options.fields is not None:
@@ -280,6 +294,19 @@ class Connection:
                 error = str(exc)
         self._emit(batch, result, error)
 
+    def _timed_write(self, data: bytes) -> None:
+        started = time.monotonic()
+        self.write(data)
+        self._write_blocked_s += time.monotonic() - started
+
+    def _write_unscored(self, batch: Batch, message: str) -> None:
+        """Emit a batch's points as received plus scored=false and `error`: the path of last resort."""
+        self._timed_write(render_unscored(batch.frames, self.encoder, message))
+        count = len(batch.frames)
+        self.queued_points -= count
+        self.metrics.points_out.inc(count)
+        self.metrics.points_unscored.inc(count)
+
     def _emit(self, batch: Batch, result, error: str) -> None:
         data = render(batch, result, error, self.encoder, self.options.threshold)
         count = len(batch.frames)
@@ -290,7 +317,7 @@ class Connection:
         self.metrics.points_unscored.inc(count - scored)
         if count - scored:
             self.metrics.errors.labels(kind="unscored_points").inc(count - scored)
-        self.write(data)
+        self._timed_write(data)
 
     def _start_pipeline(self) -> None:
         self._batch_queue = queue.SimpleQueue()
@@ -301,13 +328,23 @@ class Connection:
             thread.start()
             self._threads.append(thread)
 
-    def _start_batch(self, frames: list[bytes], arrival: float) -> None:
+    def _start_batch(self, frames: list[bytes], arrival: float, blocked_at_arrival: float) -> None:
         batch = Batch(frames, arrival)
         features, features_error = self._features()
-        prepare(batch, features, self.options.label_field, features_error)
+        try:
+            prepare(batch, features, self.options.label_field, features_error)
+        except MalformedRequest:
+            raise
+        except Exception as exc:  # a bug must not stop the task: these points leave unscored
+            log.exception("%s: preparing a batch failed", self.describe())
+            self.metrics.errors.labels(kind="internal").inc()
+            self._in_flight.put((batch, _Failed(f"internal error while preparing the batch: {exc!r}")))
+            return
         future: Future | None = None
         if batch.rows:
-            deadline = arrival + self.budget_s()
+            # Time spent waiting for Kapacitor to read our output is not the scoring service's fault:
+            # it extends the budget, so a slow Kapacitor does not turn into unscored points.
+            deadline = arrival + self.budget_s() + (self._write_blocked_s - blocked_at_arrival)
             self.metrics.batches.inc()
             future = self._executor.submit(
                 self.client.score, batch.body, batch.rows, deadline, self.options.timeout_s
@@ -316,7 +353,7 @@ class Connection:
 
     def _batcher(self) -> None:
         pending: list[bytes] = []
-        pending_arrival = 0.0
+        pending_arrival = pending_blocked = 0.0
         batch_size = self.options.batch_size
         flush_s = self.options.flush_interval_s
         try:
@@ -325,29 +362,29 @@ class Connection:
                 try:
                     item = self._batch_queue.get(timeout=timeout)
                 except queue.Empty:
-                    self._start_batch(pending, pending_arrival)
+                    self._start_batch(pending, pending_arrival, pending_blocked)
                     pending = []
                     continue
                 if item is _STOP:
                     break
-                kind, payload, arrival = item
+                kind, payload, arrival, blocked = item
                 if kind == _POINTS:
                     if not pending:
-                        pending_arrival = arrival
+                        pending_arrival, pending_blocked = arrival, blocked
                     pending.extend(payload)
                     while len(pending) >= batch_size:
-                        self._start_batch(pending[:batch_size], pending_arrival)
+                        self._start_batch(pending[:batch_size], pending_arrival, pending_blocked)
                         pending = pending[batch_size:]
                     if pending and flush_s <= 0:
-                        self._start_batch(pending, pending_arrival)
+                        self._start_batch(pending, pending_arrival, pending_blocked)
                         pending = []
                 else:
                     if pending:
-                        self._start_batch(pending, pending_arrival)
+                        self._start_batch(pending, pending_arrival, pending_blocked)
                         pending = []
                     self._in_flight.put((payload, None))
             if pending:
-                self._start_batch(pending, pending_arrival)
+                self._start_batch(pending, pending_arrival, pending_blocked)
         except MalformedRequest as exc:
             self._send_error(f"tickguard UDF: {exc}")
             self._shutdown_socket()
@@ -368,7 +405,10 @@ class Connection:
                     return
                 batch, future = item
                 if isinstance(batch, bytes):  # begin/end of a Kapacitor batch, in its place
-                    self.write(batch)
+                    self._timed_write(batch)
+                    continue
+                if isinstance(future, _Failed):
+                    self._write_unscored(batch, future.message)
                     continue
                 result, error = None, ""
                 if future is not None:
@@ -378,7 +418,14 @@ class Connection:
                         error = str(exc)
                     if result is not None:
                         self.client.forget_card_unless(result.model_version)
-                self._emit(batch, result, error)
+                try:
+                    self._emit(batch, result, error)
+                except OSError:
+                    raise
+                except Exception as exc:  # a bug must not stop the task: these points leave unscored
+                    log.exception("%s: rendering a batch failed", self.describe())
+                    self.metrics.errors.labels(kind="internal").inc()
+                    self._write_unscored(batch, f"internal error while rendering the batch: {exc!r}")
         except OSError as exc:
             if not self._closed.is_set():
                 log.warning("%s: cannot write to Kapacitor: %s", self.describe(), exc)

@@ -173,3 +173,12 @@ def render(
             extra = encoder.unscored_fields(latency_ms, entry)
         extend(point_response_frame(memoryview(frame)[point_payload_offset(frame) :], extra))
     return b"".join(parts)
+
+
+def render_unscored(frames: list[bytes], encoder: ScoredFieldsEncoder, message: str) -> bytes:
+    """Framed point responses marking every point unscored with `message`, without decoding anything."""
+    extra = encoder.scored[False] + encoder.error_field(message)
+    parts: list = []
+    for frame in frames:
+        parts.extend(point_response_frame(memoryview(frame)[point_payload_offset(frame) :], extra))
+    return b"".join(parts)

@@ -198,8 +198,10 @@ class ScoringClient:
                 result = self._post(body, rows, min(attempt_timeout_s, remaining))
             except _Permanent as exc:
                 # The service understood the request and refused it: retrying cannot help, and the
-                # service itself is healthy, so the breaker does not count it.
+                # service itself is healthy, so the breaker does not count it. The model may have
+                # changed its features: ask GET /model again before the next batch.
                 self.breaker.record_success()
+                self._card = None
                 raise ScoringUnavailable(str(exc)) from None
             except ScoringUnavailable as exc:
                 error = str(exc)
@@ -297,6 +299,8 @@ class ClientRegistry:
                     url, self._retries, CircuitBreaker(self._failures, self._cooldown, on_change)
                 )
                 self._clients[url] = client
+                if on_change:
+                    on_change(BREAKER_CLOSED)
             return client
 
     def clients(self) -> list[ScoringClient]:

@@ -405,6 +405,7 @@ class Backfiller:
         self.progress = progress
         self.influx = InfluxQL(self.settings)
         self.api = ScoringApi(self.settings)
+        self.skipped_points = 0  # points of the last plan in buckets that needed nothing
 
     # -- planning -------------------------------------------------------------------------------------
     def plan_windows(self, start_ns: int, end_ns: int) -> list[tuple[int, int, int]]:
@@ -417,10 +418,15 @@ class Backfiller:
             f'SELECT count(*) FROM "{source}" WHERE time >= {start_ns} AND time <= {end_ns} '
             f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
         )
+        done = self._done_per_bucket(start_ns, end_ns, bucket)
+        self.skipped_points = 0
         windows: list[tuple[int, int, int]] = []
         current_from, current_count = None, 0
         for _tags, row in _rows(series):
             count = max((v for k, v in row.items() if k != "time" and isinstance(v, int)), default=0)
+            if count and done.get(int(row["time"]), 0) >= count:
+                self.skipped_points += count  # every point here already has its counterpart: nothing to read
+                count = 0
             low = max(start_ns, int(row["time"]))
             high = min(end_ns + 1, int(row["time"]) + bucket)
             if count == 0:
@@ -438,6 +444,17 @@ class Backfiller:
         if current_from is not None:
             windows.append((current_from, last_high, current_count))
         return windows
+
+    def _done_per_bucket(self, start_ns: int, end_ns: int, bucket: int) -> dict[int, int]:
+        """Bucket start -> points of the target that need nothing more (scored, or any when keeping unscored)."""
+        if self.rescore_all:
+            return {}
+        field_name = self.settings.score_field if self.rescore_unscored else "scored"
+        series = self.influx.query(
+            f'SELECT count("{field_name}") FROM "{self.target}" WHERE time >= {start_ns} AND time <= {end_ns} '
+            f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
+        )
+        return {int(row["time"]): int(row.get("count") or 0) for _tags, row in _rows(series)}
 
     # -- matching -------------------------------------------------------------------------------------
     def counterparts(self, low: int, high: int) -> dict[int, list[tuple[str | None, bool]]]:
@@ -479,7 +496,10 @@ class Backfiller:
             report.elapsed_s = time.monotonic() - started
             return report
         features = self.api.features() if not self.dry_run else ()
-        for low, high, _count in self.plan_windows(start_ns, end_ns):
+        windows = self.plan_windows(start_ns, end_ns)
+        report.source_points += self.skipped_points
+        report.already_scored += self.skipped_points
+        for low, high, _count in windows:
             report.windows += 1
             index = self.counterparts(low, high)
             series = self.influx.query(
@@ -710,6 +730,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="count what would be backfilled, write nothing"
     )
+    parser.add_argument(
+        "--follow",
+        metavar="INTERVAL",
+        help="keep running: repeat every INTERVAL (e.g. 1m), re-reading relative --from/--to each time; "
+        "catches what no watchdog sees (kapacitord or InfluxDB restarts)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run_backfill)
 
@@ -731,8 +757,10 @@ def run_backfill(args: argparse.Namespace) -> int:
             raise TickguardError(f"--batch-size must be between 1 and 100000, got {args.batch_size}")
         overrides["batch_size"] = args.batch_size
     settings = replace(settings, **overrides)
-    now = time.time_ns()
-    start, end = parse_time(args.start, now), parse_time(args.end, now)
+    interval_s = parse_duration_ns(args.follow) / 1e9 if args.follow else None
+    if interval_s is not None and interval_s < 1:
+        raise TickguardError(f"--follow {args.follow}: the interval must be at least 1s")
+    parse_time(args.start), parse_time(args.end)  # report a bad time before any work
     backfiller = Backfiller(
         settings,
         target=args.measurement,
@@ -741,9 +769,13 @@ def run_backfill(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=lambda r: log.info("backfill: %s", r.summary()),
     )
-    report = backfiller.run(start, end)
-    if args.json:
-        print(orjson.dumps(report.as_dict()).decode())
-    else:
-        print(f"backfill: {report.summary()}")
-    return 0
+    while True:
+        now = time.time_ns()
+        report = backfiller.run(parse_time(args.start, now), parse_time(args.end, now))
+        if args.json:
+            print(orjson.dumps(report.as_dict()).decode(), flush=True)
+        elif interval_s is None or report.to_score:
+            print(f"backfill: {report.summary()}", flush=True)
+        if interval_s is None:
+            return 0
+        time.sleep(interval_s)

@@ -294,11 +294,11 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by a process tree (live processes only)."""
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU seconds used so far by a process (and, with `tree`, its live descendants)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for member in tree_pids(pid):
+    for member in tree_pids(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from tickguard import __version__
 from tickguard.scoring import ModelHolder, Predictor, ScoringError, decode_json
 from tickguard.scoring.v2 import infer_response, model_metadata, parse_infer
+from tickguard.service.body import read_body
 from tickguard.service.config import ServiceConfig
 from tickguard.service.jsonlog import configure_logging
 from tickguard.service.metrics import ServiceMetrics
@@ -95,7 +96,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
                 f"Content-Type must be application/json, got {mimetype or 'none'!r}",
                 code="unsupported_media_type",
             )
-        return decode_json(request.get_data(cache=False))
+        return decode_json(read_body(request, config.max_body_bytes))
 
     def check_model_name(name: str, version: str | None = None) -> Predictor:
         """404 unless `name` (and `version`, if given) is the served model."""
@@ -118,6 +119,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.before_request
     def start_request() -> None:
+        """Start the clock, settle the request id, follow other workers' reloads."""
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
@@ -127,6 +129,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.after_request
     def finish_request(response: Response) -> Response:
+        """Count, time and log the request; echo its id."""
         elapsed = time.perf_counter() - getattr(g, "started", time.perf_counter())
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         method = request.method if request.method in _KNOWN_METHODS else "other"  # bounded label values
@@ -174,10 +177,12 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.errorhandler(ScoringError)
     def scoring_error(exc: ScoringError) -> Response:
+        """The scoring layer's errors, as JSON with their own status."""
         return _json(exc.to_dict(), exc.status)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        """Werkzeug's HTTP errors (404, 405, 413, ...) as JSON instead of HTML."""
         message = exc.description or exc.name
         if isinstance(exc, RequestEntityTooLarge):
             message = f"request body exceeds {config.max_body_bytes} bytes (TICKGUARD_MAX_BODY_BYTES)"
@@ -193,6 +198,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception) -> Response:
+        """A bug, not bad input: log the traceback, answer a JSON 500 with the request id."""
         log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", "")})
         return _json(
             {

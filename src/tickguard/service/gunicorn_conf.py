@@ -36,6 +36,7 @@ logconfig_dict = {
 }
 
 _created_dirs: list[str] = []
+_multiprocess: list = []  # prometheus_client.multiprocess, imported in on_starting
 
 
 def on_starting(server):
@@ -44,6 +45,7 @@ def on_starting(server):
     # inside each request only add contention and latency.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
+    _remove_orphaned_dirs(server)
     for variable, prefix in (
         ("PROMETHEUS_MULTIPROC_DIR", "tickguard-metrics-"),
         ("TICKGUARD_RUNTIME_DIR", "tickguard-run-"),
@@ -54,17 +56,38 @@ def on_starting(server):
             shutil.rmtree(path, ignore_errors=True)
             os.makedirs(path, exist_ok=True)
         else:
-            path = tempfile.mkdtemp(prefix=prefix)
+            path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
             _created_dirs.append(path)
             os.environ[variable] = path
         server.log.info("%s=%s", variable, path)
+    # Import now, with the env var set: child_exit runs inside a SIGCHLD handler, and an import
+    # started there can be interrupted by the next worker's exit ("partially initialized module").
+    from prometheus_client import multiprocess
+
+    _multiprocess.append(multiprocess)
+
+
+def _remove_orphaned_dirs(server):
+    """Delete the temporary dirs of earlier servers that died without on_exit (e.g. SIGKILL)."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        parts = name.split("-")
+        if (
+            len(parts) < 4
+            or parts[0] != "tickguard"
+            or parts[1] not in ("metrics", "run")
+            or not parts[2].isdigit()
+        ):
+            continue
+        if not os.path.exists(f"/proc/{parts[2]}"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            server.log.info("removed %s, left behind by a server that no longer runs", name)
 
 
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the shared metrics."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    for multiprocess in _multiprocess:
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def on_exit(server):

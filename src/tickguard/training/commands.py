@@ -76,7 +76,7 @@ def register(subparsers) -> None:
         "--timeout",
         type=float,
         default=None,
-        help="stop starting new trials after this many seconds (full default 1020; 0 = no limit)",
+        help="stop starting new trials after this many seconds (full default 1200; 0 = no limit)",
     )
     train_p.add_argument(
         "--sample-rows", type=int, default=None, help="train on a stratified sample of this many rows"
