@@ -9,6 +9,7 @@ import pytest
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.config import agent_settings
 from tickguard.agent.encode import ScoredFieldsEncoder, bool_entry, double_entry, int_entry, string_entry
+from tickguard.agent.framing import decode_varint
 from tickguard.agent.options import OptionError, defaults, info_response, parse_options
 from tickguard.agent.scoring import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, CircuitBreaker
 from tickguard.agent.watchdog import uses_udf
@@ -112,3 +113,30 @@ def test_watchdog_recognises_tasks_using_the_udf():
     assert uses_udf("@tickguard_batch ()", ["tickguard", "tickguard_batch"])
     assert not uses_udf("@tickguard_batch()", ["tickguard"])
     assert not uses_udf("stream|from()|alert()", ["tickguard"])
+
+
+def test_a_point_with_a_nan_feature_is_emitted_unscored_without_the_nan_field():
+    from tickguard.agent.pipeline import Batch, prepare, render
+
+    def request_bytes(point: pb.Point) -> bytes:
+        return pb.Request(point=point).SerializeToString()
+
+    good = pb.Point(time=1, name="tx", fieldsDouble={"V1": 0.5, "V2": 1.5}, fieldsInt={"Class": 0})
+    bad = pb.Point(time=2, name="tx", fieldsDouble={"V1": float("nan"), "V2": 2.0, "Other": float("inf")})
+    batch = Batch(frames=[request_bytes(good), request_bytes(bad)], arrival=time.monotonic())
+    prepare(batch, ("V1", "V2"), "Class")
+
+    assert batch.row_of == [0, -1]
+    assert "V1" in batch.errors[1] and "Other" in batch.errors[1]
+    out = render(batch, None, "", ScoredFieldsEncoder("score", "anomaly"), None)
+    # Two framed responses; decode the second and check the non-finite fields are gone.
+    responses = []
+    pos = 0
+    while pos < len(out):
+        length, pos = decode_varint(out, pos)
+        responses.append(pb.Response.FromString(out[pos : pos + length]))
+        pos += length
+    emitted = responses[1].point
+    assert set(emitted.fieldsDouble) == {"V2", "latency_ms"}
+    assert emitted.fieldsBool["scored"] is False
+    assert "V1" in emitted.fieldsString["error"]

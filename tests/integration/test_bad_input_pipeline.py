@@ -78,15 +78,6 @@ def test_point_with_a_string_feature_is_marked_unscored(pipeline, replay_rows) -
     assert "V5" in bad["error"] and "string" in bad["error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the agent marks the NaN point unscored, but passes V7=NaN through; Kapacitor's influxDBOut then "
-        "writes 'V7=NaN', InfluxDB refuses the whole write ('invalid number') and every point of that "
-        "batch is lost, good ones included. Fix (agent): drop or stringify non-finite fields of the points "
-        "it emits unscored. Remove this mark when fixed."
-    ),
-)
 def test_nan_feature_from_a_tickscript_is_marked_unscored_and_its_neighbours_survive(
     pipeline, replay_rows
 ) -> None:

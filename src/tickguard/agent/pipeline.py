@@ -35,6 +35,8 @@ class Batch:
     labels: list[bool | None] = field(default_factory=list)
     row_of: list[int] = field(default_factory=list)  # index into the request rows, -1 = not sent
     errors: dict[int, str] = field(default_factory=dict)  # point index -> why it is not scored
+    # point index -> re-encoded Point to emit instead of the input bytes (non-finite fields removed)
+    replacements: dict[int, bytes] = field(default_factory=dict)
     body: bytes = b""
     rows: int = 0
 
@@ -78,6 +80,18 @@ def _slow_row(point: pb.Point, features: tuple[str, ...]) -> tuple[tuple[float, 
     doubles = point.fieldsDouble
     ints = point.fieldsInt
     return tuple(float(doubles[n]) if n in doubles else float(ints[n]) for n in features), ""
+
+
+def _drop_non_finite(point: pb.Point) -> list[str]:
+    """Remove NaN/Inf double fields from `point`; return their names.
+
+    InfluxDB refuses a whole write that contains one non-finite value, so passing such a field
+    through would lose every other point of Kapacitor's write batch too.
+    """
+    names = sorted(name for name, value in point.fieldsDouble.items() if not math.isfinite(value))
+    for name in names:
+        del point.fieldsDouble[name]
+    return names
 
 
 def decode_run(frames: list[bytes]):
@@ -130,6 +144,10 @@ def prepare(
             point = pb.Point.FromString(batch.frames[index][point_payload_offset(batch.frames[index]) :])
             row, problem = _slow_row(point, features)
             if row is None:
+                dropped = _drop_non_finite(point)
+                if dropped:
+                    batch.replacements[index] = point.SerializeToString()
+                    problem += f" (dropped from the output, InfluxDB cannot store it: {', '.join(dropped)})"
                 errors[index] = problem
                 row_of.append(-1)
                 continue
@@ -171,6 +189,10 @@ def render(
             if entry is None:
                 entry = error_entries[message] = encoder.error_field(message)
             extra = encoder.unscored_fields(latency_ms, entry)
+        replacement = batch.replacements.get(index)
+        if replacement is not None:
+            extend(point_response_frame(replacement, extra))
+            continue
         extend(point_response_frame(memoryview(frame)[point_payload_offset(frame) :], extra))
     return b"".join(parts)
 
