@@ -140,3 +140,13 @@ def test_a_point_with_a_nan_feature_is_emitted_unscored_without_the_nan_field():
     assert set(emitted.fieldsDouble) == {"V2", "latency_ms"}
     assert emitted.fieldsBool["scored"] is False
     assert "V1" in emitted.fieldsString["error"]
+
+
+def test_udf_command_takes_its_socket_from_the_environment_or_says_what_is_missing(monkeypatch, capsys):
+    from tickguard.cli import build_parser, main
+
+    monkeypatch.setenv("TICKGUARD_UDF_SOCKET", "/run/x.sock")
+    assert build_parser().parse_args(["udf"]).socket is None  # no flag needed: the env var serves
+    monkeypatch.delenv("TICKGUARD_UDF_SOCKET")
+    assert main(["udf"]) == 1
+    assert "pass --socket PATH or set TICKGUARD_UDF_SOCKET" in capsys.readouterr().err

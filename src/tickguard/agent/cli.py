@@ -21,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the Kapacitor socket UDF agent",
         description="Serve the Kapacitor UDF protocol on Unix sockets; settings default to TICKGUARD_UDF_* env vars.",
     )
-    udf.add_argument("--socket", required=True, type=Path, help="Unix socket for stream tasks (@tickguard())")
+    udf.add_argument(
+        "--socket",
+        type=Path,
+        help="Unix socket for stream tasks (@tickguard()); default: $TICKGUARD_UDF_SOCKET",
+    )
     udf.add_argument(
         "--batch-socket", type=Path, help="optional second socket declaring batch edges, for |window() tasks"
     )
