@@ -51,7 +51,8 @@ train-fast: venv data ## quick model (small sample, few trials) into models/_scr
 train: venv data ## full training with Optuna tuning; writes models/<version>
 	$(VENV)/bin/tickguard train
 
-bench: venv tick data ## end-to-end and API benchmarks; results in benchmarks/results/
+bench: venv tick data ## end-to-end, UDF, API, model and Locust benchmarks; results in benchmarks/results/
+	$(PIP) install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run_all
 
 clean: ## remove the venv and caches inside the repo (the server cache in ~/.cache stays)

@@ -212,3 +212,11 @@ def rows_after_burst() -> pd.DataFrame:
     holdout = load_holdout()
     later = holdout.iloc[-2000:]
     return later[later["Class"] == 0].head(30)
+
+
+def test_local_mode_runs_a_watchdog_that_backfills_after_heals(stack) -> None:
+    # The agent starts before kapacitord, so local mode heals tasks with a separate watchdog process.
+    assert stack.watchdog is not None and stack.watchdog.running(), "no watchdog in local mode"
+    log_path = stack.workdir / "logs" / "watchdog.log"
+    seen = poll(lambda: log_path.is_file() and "backfill after heal is on" in log_path.read_text(), 15)
+    assert seen, f"the watchdog did not enable backfill after heals:\n{log_path.read_text()}"

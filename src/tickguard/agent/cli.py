@@ -113,6 +113,7 @@ def run_udf(args: argparse.Namespace) -> int:
             orphan_grace_s=settings.orphan_grace_s,
         )
         watchdog.add_callback(lambda _event: metrics.tasks_healed.inc())
+        _backfill_after_heals(watchdog, settings)
         watchdog.start()
 
     def stop() -> None:
@@ -123,6 +124,17 @@ def run_udf(args: argparse.Namespace) -> int:
 
     _wait_for_signal(stop)
     return 0
+
+
+def _backfill_after_heals(watchdog, settings) -> None:
+    """Have the watchdog re-score what a task missed while it was down (stream tasks see live writes only)."""
+    if not settings.backfill_on_heal:
+        log.info("backfill after heal is off (set TICKGUARD_INFLUXDB_URL to turn it on)")
+        return
+    from tickguard.ops.backfill import heal_hook
+
+    watchdog.add_callback(heal_hook())
+    log.info("backfill after heal is on: a healed task's outage is re-scored from InfluxDB")
 
 
 def run_watchdog(args: argparse.Namespace) -> int:
@@ -148,6 +160,7 @@ def run_watchdog(args: argparse.Namespace) -> int:
             raise TickguardError(watchdog.api_error)
         print(f"{len(healed)} task(s) healed")
         return 0
+    _backfill_after_heals(watchdog, settings)
     watchdog.start()
     _wait_for_signal(watchdog.stop)
     return 0

@@ -41,6 +41,8 @@ class AgentSettings:
     orphan_grace_s: (
         float  # how long an executing task may lack a connection before the watchdog reconnects it
     )
+    # After healing a task, backfill the points it missed (needs InfluxDB access: TICKGUARD_INFLUXDB_*).
+    backfill_on_heal: bool
 
 
 def _env(env: dict, name: str, default: str) -> str:
@@ -81,4 +83,7 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         ),
         watchdog_interval_s=float(_env(env, "TICKGUARD_WATCHDOG_INTERVAL", "2.0")),
         orphan_grace_s=float(_env(env, "TICKGUARD_WATCHDOG_ORPHAN_GRACE", "5.0")),
+        # On by default wherever the agent knows its InfluxDB; TICKGUARD_BACKFILL_ON_HEAL=false turns it off.
+        backfill_on_heal=_env(env, "TICKGUARD_BACKFILL_ON_HEAL", "true").lower() in ("1", "true", "yes")
+        and bool(_env(env, "TICKGUARD_INFLUXDB_URL", "")),
     )

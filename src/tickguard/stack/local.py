@@ -116,6 +116,7 @@ class LocalStack:
         task_vars: dict[str, str] | None = None,
         api_workers: int = 1,
         start_timeout: float = 90.0,
+        watchdog: bool = True,
     ):
         self.workdir = Path(workdir).resolve()
         self.models_dir = Path(models_dir) if models_dir else stack_tasks.repo_root() / "models"
@@ -123,6 +124,7 @@ class LocalStack:
         self.task_vars = dict(task_vars or {})
         self.api_workers = api_workers
         self.start_timeout = start_timeout
+        self.with_watchdog = watchdog
         self.api_port = _free_port()
         # Unix socket paths are limited to ~107 bytes, so the socket lives in a short /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="tg-udf-", dir="/tmp"))
@@ -131,6 +133,7 @@ class LocalStack:
         self.load_dir = self.workdir / "kapacitor-load"
         self.api: ChildProcess | None = None
         self.udf: ChildProcess | None = None
+        self.watchdog: ChildProcess | None = None
         self.runtime = None  # tickguard.runtime.TickRuntime once started
 
     # -- addresses ------------------------------------------------------------------------------------
@@ -192,6 +195,8 @@ class LocalStack:
             self.runtime.start()
             self.runtime.create_database(DATABASE)
             self._wait_for_tasks()
+            if self.with_watchdog:
+                self._start_watchdog(logs)
         except BaseException:
             self.stop()
             raise
@@ -242,6 +247,17 @@ class LocalStack:
             time.sleep(0.2)
         raise self.udf.fail(f"did not listen on {self.socket_path} within {self.start_timeout:.0f} s")
 
+    def _start_watchdog(self, logs: Path) -> None:
+        # The agent starts before kapacitord (Kapacitor dials it at start), so it cannot know Kapacitor's
+        # port: a separate watchdog heals tasks after an agent restart and backfills what they missed.
+        self.watchdog = ChildProcess(
+            "watchdog (tickguard watchdog)",
+            ["watchdog", "--kapacitor-url", self.kapacitor_url],
+            logs / "watchdog.log",
+            env={"TICKGUARD_INFLUXDB_URL": self.influx_url, "TICKGUARD_SCORING_URL": self.api_url},
+        )
+        self.watchdog.start()
+
     def _wait_for_tasks(self, timeout: float = 30.0) -> None:
         """Wait until Kapacitor has loaded and enabled every task from the load directory."""
         client = self._runtime().kapacitor_client()
@@ -263,7 +279,7 @@ class LocalStack:
         if self.runtime is not None:
             with contextlib.suppress(Exception):
                 self.runtime.stop()
-        for child in (self.udf, self.api):
+        for child in (self.watchdog, self.udf, self.api):
             if child is not None:
                 with contextlib.suppress(Exception):
                     child.stop()
@@ -282,7 +298,7 @@ class LocalStack:
 
     def scored_count(self) -> int:
         """How many points have reached transactions_scored."""
-        rows = self.query(f'SELECT count("latency_ms") FROM "{SCORED_MEASUREMENT}"')
+        rows = self.query(f'SELECT count("scored") FROM "{SCORED_MEASUREMENT}"')
         return int(rows[0]["count"]) if rows else 0
 
     def generator(self, rate: float, count: int | None, loop: bool, logs: Path | None = None) -> ChildProcess:
