@@ -337,21 +337,6 @@ def component_pids(stack) -> dict[str, int]:
     return pids
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str]):
-    """Set environment variables for the children started inside the block."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
     """Start a fresh local stack in this configuration, run both phases, return the measurements."""
     from tickguard.ops.probe import RssSampler, WriteProbe, loadavg
@@ -362,15 +347,15 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
     load_start = loadavg()
     log(f"{name}: starting the local stack (load average {load_start})")
     env = {**CONFIGS[name], "TICKGUARD_UDF_LOG_INTERVAL": "0", "TICKGUARD_LOG_LEVEL": "WARNING"}
-    with environment(env):
-        stack = LocalStack(
-            workdir,
-            models_dir=models_dir,
-            model=model,
-            api_workers=args.api_workers,
-            task_vars=dict(item.split("=", 1) for item in args.task_var),
-        )
-        stack.start()
+    stack = LocalStack(
+        workdir,
+        models_dir=models_dir,
+        model=model,
+        api_workers=args.api_workers,
+        task_vars=dict(item.split("=", 1) for item in args.task_var),
+        env=env,
+    )
+    stack.start()
     probe = WriteProbe().start()
     sampler = None
     try:

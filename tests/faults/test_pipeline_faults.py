@@ -149,16 +149,36 @@ def test_scoring_service_killed_and_restarted(fault_pipeline: Pipeline, replay_r
         pipeline.start_api()
         return time.time_ns()
 
-    rows = rows_for(replay_rows, 0, 3600)
+    rows = rows_for(replay_rows, 0, 6600)
     run = run_with_fault(pipeline, rows.iloc[:3000], fault)
-    # Points sent once the service is back must be scored live again (the breaker closes by itself).
-    tail = pipeline.replay(rows.iloc[3000:], RATE)
+    # Scoring resumes by itself: the breaker half-opens after its cooldown and closes on the first
+    # success. Feed small chunks until one comes out fully scored (bounded wait), then a longer tail
+    # that must be scored entirely.
+    spare = rows.iloc[3000:6000]
+    deadline = time.monotonic() + 30.0
+    offset = 0
+    while True:
+        chunk = pipeline.replay(spare.iloc[offset : offset + 100], RATE)
+        offset += 100
+        run["end_ns"] = chunk.last_time_ns
+        run["written"] += chunk.written
+        pipeline.wait_settled(chunk.first_time_ns, chunk.last_time_ns)
+        if pipeline.count("transactions_scored", "score", chunk.first_time_ns, chunk.last_time_ns) == 100:
+            break
+        assert time.monotonic() < deadline and offset < len(spare), (
+            "scoring did not resume within 30 s of the service coming back"
+        )
+    tail = pipeline.replay(rows.iloc[6000:6600], RATE)
     run["end_ns"] = tail.last_time_ns
     run["written"] += tail.written
     before = pipeline.wait_settled(run["start_ns"], run["end_ns"])
-    assert pipeline.count("transactions_scored", "score", tail.first_time_ns, tail.last_time_ns) == 600, (
-        "scoring did not resume after the service came back"
-    )
+    resumed = pipeline.count("transactions_scored", "score", tail.first_time_ns, tail.last_time_ns)
+    if resumed != 600:
+        reasons = pipeline.query(
+            f'SELECT "error", "latency_ms" FROM "transactions_scored" WHERE time >= {tail.first_time_ns} '
+            f"AND time <= {tail.last_time_ns} AND scored = false LIMIT 3"
+        )
+        pytest.fail(f"scoring fell back after it had resumed: {resumed}/600 scored; {reasons}")
     # The agent never drops a point: during the outage it emits them marked unscored, with the reason.
     assert before["out"] == before["in"], f"points were lost while the service was down: {before}"
     assert before["unscored"] > 0, "the outage left no point unscored: was the service really down?"

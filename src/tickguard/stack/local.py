@@ -117,6 +117,7 @@ class LocalStack:
         api_workers: int = 1,
         start_timeout: float = 90.0,
         watchdog: bool = True,
+        env: dict[str, str] | None = None,
     ):
         self.workdir = Path(workdir).resolve()
         self.models_dir = Path(models_dir) if models_dir else stack_tasks.repo_root() / "models"
@@ -125,6 +126,7 @@ class LocalStack:
         self.api_workers = api_workers
         self.start_timeout = start_timeout
         self.with_watchdog = watchdog
+        self.env = dict(env or {})  # extra environment of the API, agent and watchdog processes
         self.api_port = _free_port()
         # Unix socket paths are limited to ~107 bytes, so the socket lives in a short /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="tg-udf-", dir="/tmp"))
@@ -217,6 +219,7 @@ class LocalStack:
                 self.model,
             ],
             logs / "api.log",
+            env=self.env,
         )
         self.api.start()
         deadline = time.monotonic() + self.start_timeout
@@ -235,6 +238,7 @@ class LocalStack:
             "UDF agent (tickguard udf)",
             ["udf", "--socket", str(self.socket_path), "--url", self.api_url, "--metrics-port", "0"],
             logs / "udf.log",
+            env=self.env,
         )
         self.udf.start()
         deadline = time.monotonic() + self.start_timeout
@@ -254,7 +258,11 @@ class LocalStack:
             "watchdog (tickguard watchdog)",
             ["watchdog", "--kapacitor-url", self.kapacitor_url],
             logs / "watchdog.log",
-            env={"TICKGUARD_INFLUXDB_URL": self.influx_url, "TICKGUARD_SCORING_URL": self.api_url},
+            env={
+                **self.env,
+                "TICKGUARD_INFLUXDB_URL": self.influx_url,
+                "TICKGUARD_SCORING_URL": self.api_url,
+            },
         )
         self.watchdog.start()
 
