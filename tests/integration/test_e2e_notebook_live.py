@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests._deps import require
+from tests._notebooks import NOTEBOOK_DIR, run_notebook
 from tickguard.data.dataset import default_csv_path
 from tickguard.runtime import find_tick_binaries
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "06_live_deployment.ipynb"
+NOTEBOOK = NOTEBOOK_DIR / "06_live_deployment.ipynb"
 
 
 @pytest.mark.notebooks
@@ -26,19 +23,7 @@ def test_live_deployment_notebook_runs(service_models_dir, monkeypatch) -> None:
     monkeypatch.setenv("TICKGUARD_MODELS_DIR", str(service_models_dir))
     for name in ("TICKGUARD_INFLUXDB_URL", "TICKGUARD_INFLUXDB_USER", "TICKGUARD_INFLUXDB_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
-        "commit it with outputs cleared"
-    )
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    ).execute()
-    text = "".join(
-        str(output.get("text", ""))
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-    )
+    text = run_notebook(NOTEBOOK)
     assert "(local stack started here)" in text
     assert "scored points: 600 of 600 expected" in text
     assert "live precision" in text and "nan" not in text.split("live precision")[1].split("\n")[0]
