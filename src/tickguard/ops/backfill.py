@@ -152,6 +152,35 @@ def encode_line(measurement: str, tags: dict[str, str], fields: dict[str, str], 
     return f"{_escape_measurement(measurement)}{tag_text} {field_text} {time_ns}"
 
 
+# ---- HTTP with retries --------------------------------------------------------------------------------
+
+
+def request_with_retries(
+    session: requests.Session,
+    settings: BackfillSettings,
+    what: str,
+    base_url: str,
+    method: str,
+    path: str,
+    retry_statuses: frozenset[int] = frozenset(),
+    **kwargs: Any,
+) -> requests.Response:
+    """One HTTP call, retried with backoff on connection errors, 5xx and `retry_statuses`."""
+    last = ""
+    for attempt in range(settings.retries + 1):
+        try:
+            response = session.request(method, base_url + path, timeout=settings.timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            last = f"{what} at {base_url} unreachable: {exc}"
+        else:
+            if response.status_code < 500 and response.status_code not in retry_statuses:
+                return response
+            last = f"{what} {method} {path} returned {response.status_code}: {response.text[:300]}"
+        if attempt < settings.retries:
+            time.sleep(min(5.0, 0.25 * 2**attempt))
+    raise TickguardError(last)
+
+
 # ---- InfluxDB ---------------------------------------------------------------------------------------
 
 
@@ -165,20 +194,9 @@ class InfluxQL:
             self.session.auth = (settings.username, settings.password)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = self.settings.influx_url + path
-        last = ""
-        for attempt in range(self.settings.retries + 1):
-            try:
-                response = self.session.request(method, url, timeout=self.settings.timeout_s, **kwargs)
-            except requests.RequestException as exc:
-                last = f"InfluxDB at {self.settings.influx_url} unreachable: {exc}"
-            else:
-                if response.status_code < 500:
-                    return response
-                last = f"InfluxDB {method} {path} returned {response.status_code}: {response.text[:300]}"
-            if attempt < self.settings.retries:
-                time.sleep(min(5.0, 0.25 * 2**attempt))
-        raise TickguardError(last)
+        return request_with_retries(
+            self.session, self.settings, "InfluxDB", self.settings.influx_url, method, path, **kwargs
+        )
 
     def query(self, influxql: str) -> list[dict[str, Any]]:
         """Series of one statement (each with 'columns', 'values' and maybe 'tags'); times in ns."""
@@ -251,22 +269,17 @@ class ScoringApi:
         self._features: tuple[str, ...] | None = None
 
     def _post_or_get(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = self.settings.api_url + path
-        last = ""
-        for attempt in range(self.settings.retries + 1):
-            try:
-                response = self.session.request(method, url, timeout=self.settings.timeout_s, **kwargs)
-            except requests.RequestException as exc:
-                last = f"scoring service at {self.settings.api_url} unreachable: {exc}"
-            else:
-                if response.status_code < 500 and response.status_code not in (408, 429):
-                    return response
-                last = (
-                    f"scoring service {method} {path} returned {response.status_code}: {response.text[:300]}"
-                )
-            if attempt < self.settings.retries:
-                time.sleep(min(5.0, 0.25 * 2**attempt))
-        raise TickguardError(last)
+        # 408/429: the service is busy, not refusing the rows; worth another try.
+        return request_with_retries(
+            self.session,
+            self.settings,
+            "scoring service",
+            self.settings.api_url,
+            method,
+            path,
+            retry_statuses=frozenset({408, 429}),
+            **kwargs,
+        )
 
     def features(self) -> tuple[str, ...]:
         """The served model's features (GET /model), fetched once."""
