@@ -49,6 +49,7 @@ class ModelArtifact:
     estimator: Any
     card: dict
     path: Path
+    compiled: Any = None  # a tickguard.compiled_scorer.CompiledScorer checked against the estimator, or None
 
     @property
     def version(self) -> str:
@@ -65,9 +66,24 @@ class ModelArtifact:
         """The decision threshold stored with the model (score >= threshold means anomaly)."""
         return float(self.card["threshold"])
 
+    @property
+    def scored_by(self) -> str:
+        """'compiled' when the compiled scorer serves this model, else 'pipeline'."""
+        return "compiled" if self.compiled is not None else "pipeline"
+
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probabilities for a 2-D float array with columns in `features` order."""
-        return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
+        """Fraud probabilities for a 2-D array of finite floats with columns in `features` order."""
+        if self.compiled is not None:
+            return self.compiled.score(X)
+        return self.reference_score(X)
+
+    def reference_score(self, X: np.ndarray) -> np.ndarray:
+        """Fraud probabilities from the estimator itself (what the compiled scorer must reproduce)."""
+        import sklearn
+
+        # Callers pass validated finite input; sklearn's own scan per pipeline step is repeated work.
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
 
 
 def resolve_model_dir(models_dir: Path | str, name: str = PRODUCTION) -> Path:
@@ -96,8 +112,12 @@ def read_card(model_dir: Path | str) -> dict:
     return card
 
 
-def load_model(model_dir: Path | str) -> ModelArtifact:
-    """Load a model directory, refusing it if the model file's sha256 differs from the card's."""
+def load_model(model_dir: Path | str, compile_scorer: bool = True) -> ModelArtifact:
+    """Load a model directory, refusing it if the model file's sha256 differs from the card's.
+
+    With compile_scorer (the default) the model is also compiled for fast scoring when its structure
+    allows and the compiled scores match the model's on probe rows; otherwise it scores itself.
+    """
     import joblib
 
     model_dir = Path(model_dir)
@@ -112,7 +132,28 @@ def load_model(model_dir: Path | str) -> ModelArtifact:
             f"{card['model_sha256']} (the file was changed or replaced)"
         )
     estimator = joblib.load(model_path)
-    return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve())
+    compiled = None
+    if compile_scorer:
+        from tickguard.compiled_scorer import compile_if_possible
+
+        compiled = compile_if_possible(estimator, probe_rows(card["features"]))
+    return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve(), compiled=compiled)
+
+
+def probe_rows(features: list[str], n: int = 2048, seed: int = 7) -> np.ndarray:
+    """Deterministic synthetic rows in the raw feature ranges, to check a compiled scorer against its model.
+
+    PCA components are drawn wide (several standard deviations) so the rows reach the trees' rare
+    branches as well as the common ones; Time covers two days, Amount spans cents to thousands.
+    """
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(0.0, 3.0, size=(n, len(features)))
+    for column, name in enumerate(features):
+        if name == "Time":
+            rows[:, column] = rng.uniform(0.0, 2 * 86_400.0, n)
+        elif name == "Amount":
+            rows[:, column] = np.round(rng.lognormal(3.0, 1.6, n), 2)
+    return rows
 
 
 def save_model(estimator: Any, card: dict, model_dir: Path | str) -> dict:

@@ -121,3 +121,21 @@ def test_served_scores_equal_the_plain_pipelines(production_model, holdout):
     X = holdout[production_model.features].to_numpy()[:5000]
     pipeline = getattr(production_model.estimator, "pipeline", production_model.estimator)
     np.testing.assert_allclose(production_model.score(X), pipeline.predict_proba(X)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_production_model_is_served_compiled_and_equals_its_pipeline_on_the_whole_holdout(
+    production_model, holdout
+):
+    assert production_model.scored_by == "compiled"
+    X = holdout[production_model.features].to_numpy()
+    compiled, reference = production_model.score(X), production_model.reference_score(X)
+    np.testing.assert_allclose(compiled, reference, rtol=0, atol=1e-12)
+    threshold = production_model.threshold
+    assert np.array_equal(compiled >= threshold, reference >= threshold)
+
+
+def test_fast_trained_model_is_served_compiled(fast_model_dir, holdout):
+    artifact = modelstore.load_model(fast_model_dir)
+    assert artifact.scored_by == "compiled"
+    X = holdout[artifact.features].to_numpy()[:20_000]
+    np.testing.assert_allclose(artifact.score(X), artifact.reference_score(X), rtol=0, atol=1e-12)

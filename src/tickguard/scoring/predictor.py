@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from tickguard.errors import TickguardError
 from tickguard.modelstore import ModelArtifact, load_model, resolve_model_dir
@@ -71,10 +70,7 @@ class Predictor:
         """Vectorized scores and anomaly flags for a [n, features] matrix."""
         if matrix.shape[0] == 0:
             return np.empty(0, dtype=np.float64), np.empty(0, dtype=bool)
-        # The parsers already refused NaN/inf, so sklearn's own finiteness scan (per pipeline step)
-        # is repeated work on every request.
-        with sklearn.config_context(assume_finite=True):
-            scores = self.artifact.score(matrix)
+        scores = self.artifact.score(matrix)  # the parsers already refused NaN and infinities
         return scores, scores >= self.threshold
 
     def predict_response(self, body: Any) -> tuple[dict[str, Any], int]:
@@ -123,7 +119,11 @@ class ModelHolder:
             self.last_error = None
             log.info(
                 "model loaded",
-                extra={"model_version": self.current.version, "model_dir": str(self.current.path)},
+                extra={
+                    "model_version": self.current.version,
+                    "model_dir": str(self.current.path),
+                    "scored_by": self.current.artifact.scored_by,
+                },
             )
         except Exception as exc:  # a broken model must not stop the service from starting
             self.last_error = str(exc)
