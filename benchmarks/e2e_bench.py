@@ -29,6 +29,13 @@ configurations run the same Kapacitor work (echo's points lack the fields they f
 average at the start of each configuration is recorded.
 
 Run: .venv/bin/python -m benchmarks.e2e_bench [--configs echo,tickguard,naive] [--seconds 20]
+
+Variants for profiling and tuning (each recorded in the result): --pprof 15 takes a Go CPU profile of
+influxd and kapacitord in the sustained phase (`go tool pprof -top` summaries in results/profiles/);
+--server-env GOGC=400 (or --influxd-env / --kapacitord-env); --influx-config data.wal-fsync-delay=10ms
+and --kapacitor-config influxdb.KEY=VALUE (server config overrides); --scored-rp NAME writes
+transactions_scored into its own retention policy, excluded from Kapacitor's subscription;
+--udf-env TICKGUARD_UDF_OUTPUT=lean (agent settings); --task-var flush_interval=100ms (TICKscript vars).
 """
 
 from __future__ import annotations
@@ -166,11 +173,10 @@ class LineWriter:
         self.written += count
 
 
-def influx_count(stack, measurement: str, field: str, start_ns: int, end_ns: int) -> int:
-    """count(field) over [start_ns, end_ns] as InfluxDB reports it."""
-    rows = stack.query(
-        f'SELECT count("{field}") FROM "{measurement}" WHERE time >= {start_ns} AND time <= {end_ns}'
-    )
+def influx_count(stack, measurement: str, field: str, start_ns: int, end_ns: int, rp: str = "") -> int:
+    """count(field) over [start_ns, end_ns] as InfluxDB reports it (in retention policy `rp`, or the default)."""
+    source = f'"{rp}"."{measurement}"' if rp else f'"{measurement}"'
+    rows = stack.query(f'SELECT count("{field}") FROM {source} WHERE time >= {start_ns} AND time <= {end_ns}')
     return int(rows[0]["count"]) if rows else 0
 
 
@@ -328,6 +334,85 @@ def summarize_profiles(running: list, top: int = 12) -> dict[str, Any]:
     return summary
 
 
+def parse_pairs(items: list[str]) -> dict[str, str]:
+    """NAME=VALUE items as a dict."""
+    return dict(item.split("=", 1) for item in items)
+
+
+def parse_config(items: list[str]) -> dict[str, Any]:
+    """section.key=value items (value read as JSON when it parses, else a string) as nested dicts."""
+    config: dict[str, Any] = {}
+    for item in items:
+        path, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *sections, key = path.split(".")
+        table = config
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[key] = value
+    return config
+
+
+class GoProfiler:
+    """CPU profiles of influxd and kapacitord (Go pprof over HTTP) during the sustained phase."""
+
+    def __init__(self, stack, seconds: int, label: str):
+        import threading
+
+        self.label = label
+        self.seconds = seconds
+        self.threads: list = []
+        self.files: dict[str, Path] = {}
+        self.binaries = {
+            "influxd": stack.runtime.binaries.influxd,
+            "kapacitord": stack.runtime.binaries.kapacitord,
+        }
+        # Kapacitor serves Go's pprof under its API prefix.
+        urls = {"influxd": stack.influx_url, "kapacitord": stack.kapacitor_url + "/kapacitor/v1"}
+        (SCRATCH / "pprof").mkdir(parents=True, exist_ok=True)
+        for name, url in urls.items():
+            out = SCRATCH / "pprof" / f"{label}-{name}.pb.gz"
+            self.files[name] = out
+            thread = threading.Thread(target=self._fetch, args=(url, out), daemon=True)
+            self.threads.append(thread)
+
+    def _fetch(self, url: str, out: Path) -> None:
+        try:
+            response = requests.get(
+                f"{url}/debug/pprof/profile", params={"seconds": self.seconds}, timeout=120
+            )
+            response.raise_for_status()
+            out.write_bytes(response.content)
+        except Exception as exc:  # a profile is an explanation, never a reason to fail the run
+            log(f"pprof {url}: {exc!r}")
+
+    def start(self) -> GoProfiler:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def summarize(self) -> dict[str, str]:
+        """Wait for the profiles; write `go tool pprof -top` of each to benchmarks/results/profiles/."""
+        for thread in self.threads:
+            thread.join(self.seconds + 60)
+        directory = RESULTS_DIR / "profiles"
+        directory.mkdir(parents=True, exist_ok=True)
+        written = {}
+        for name, raw in self.files.items():
+            if not raw.is_file():
+                continue
+            for kind, extra in (("top", []), ("topcum", ["-cum"])):
+                command = ["go", "tool", "pprof", "-top", "-nodecount=40", *extra, str(self.binaries[name])]
+                text = subprocess.run(command + [str(raw)], capture_output=True, text=True, check=False)
+                target = directory / f"{self.label}-{name}-{kind}.txt"
+                target.write_text(text.stdout or text.stderr)
+                written[f"{name}-{kind}"] = str(target.relative_to(ROOT))
+        return written
+
+
 def component_pids(stack) -> dict[str, int]:
     """Root pid of each part of the pipeline."""
     pids = {"api": stack.api.proc.pid, "udf": stack.udf.proc.pid, "bench": os.getpid()}
@@ -346,16 +431,39 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)
     load_start = loadavg()
     log(f"{name}: starting the local stack (load average {load_start})")
-    env = {**CONFIGS[name], "TICKGUARD_UDF_LOG_INTERVAL": "0", "TICKGUARD_LOG_LEVEL": "WARNING"}
+    env = {
+        **CONFIGS[name],
+        "TICKGUARD_UDF_LOG_INTERVAL": "0",
+        "TICKGUARD_LOG_LEVEL": "WARNING",
+        **parse_pairs(args.udf_env),
+    }
+    task_vars = parse_pairs(args.task_var)
+    influx_config = parse_config(args.influx_config)
+    kapacitor_config = parse_config(args.kapacitor_config)
+    if args.pprof:
+        influx_config.setdefault("http", {})["pprof-enabled"] = True
+        kapacitor_config.setdefault("http", {})["pprof-enabled"] = True
+    scored_rp = args.scored_rp
+    if scored_rp:
+        # Scored points go to their own retention policy, which Kapacitor does not subscribe to.
+        task_vars["scored_retention_policy"] = f"'{scored_rp}'"
+        excluded = {"_kapacitor": ["autogen"], DATABASE: [scored_rp]}
+        kapacitor_config.setdefault("influxdb", {})["excluded-subscriptions"] = excluded
     stack = LocalStack(
         workdir,
         models_dir=models_dir,
         model=model,
         api_workers=args.api_workers,
-        task_vars=dict(item.split("=", 1) for item in args.task_var),
+        task_vars=task_vars,
         env=env,
+        influx_config=influx_config,
+        kapacitor_config=kapacitor_config,
+        influx_env={**parse_pairs(args.server_env), **parse_pairs(args.influxd_env)},
+        kapacitor_env={**parse_pairs(args.server_env), **parse_pairs(args.kapacitord_env)},
     )
     stack.start()
+    if scored_rp:
+        stack.query(f'CREATE RETENTION POLICY "{scored_rp}" ON "{DATABASE}" DURATION INF REPLICATION 1')
     probe = WriteProbe().start()
     sampler = None
     try:
@@ -364,8 +472,15 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
             for task in SIDE_TASKS:
                 with contextlib.suppress(Exception):
                     client.disable_task(task)
-        probe.subscribe(stack.influx_url, DATABASE)
-        sampler = RssSampler({"udf": stack.udf.proc.pid, "api": stack.api.proc.pid}).start()
+        probe.subscribe(stack.influx_url, DATABASE, scored_rp or "autogen")
+        if scored_rp:
+            # Same measurement cost as with one RP: InfluxDB forwards the raw writes to the probe too.
+            stack.query(
+                f'CREATE SUBSCRIPTION "bench_raw" ON "{DATABASE}"."autogen" DESTINATIONS ALL \'{probe.url}\''
+            )
+        roots = {"udf": stack.udf.proc.pid, "api": stack.api.proc.pid}
+        roots |= {k: v for k, v in component_pids(stack).items() if k in ("influxd", "kapacitord")}
+        sampler = RssSampler(roots).start()
         writer = LineWriter(stack.influx_url)
         # Warm-up: connections, the model card, the first batches.
         for _ in range(10):
@@ -380,7 +495,17 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
             profilers = start_profilers(targets, seconds, SCRATCH / "profiles", name)
         # naive scores a few hundred points/s: a smaller floor keeps its queue (and drain) short.
         floor = NAIVE_MIN_BACKLOG if name == "naive" else MIN_BACKLOG
-        sustained = sustained_phase(stack, probe, writer, seconds, min(5.0, seconds / 4), floor)
+        warmup = min(5.0, seconds / 4)
+        go_profiler = None
+        if args.pprof:
+            label = f"{args.label or 'e2e'}-{name}"
+            go_profiler = GoProfiler(stack, int(min(args.pprof, seconds - warmup)), label)
+            import threading
+
+            threading.Timer(warmup, go_profiler.start).start()
+        sustained = sustained_phase(stack, probe, writer, seconds, warmup, floor)
+        if go_profiler is not None:
+            sustained["pprof"] = go_profiler.summarize()
         sustained["kapacitor_nodes"] = node_stats(stack)
         if profilers:
             sustained["profile"] = summarize_profiles(profilers)
@@ -392,8 +517,14 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
         time.sleep(1.5)  # nothing more may arrive: exactly N, not N plus duplicates
         first, last = writer.first_ns or 0, writer.last_ns
         points_in = influx_count(stack, "transactions", "Amount", first, last)
-        points_out = influx_count(stack, "transactions_scored", "Amount", first, last)
-        scored = influx_count(stack, "transactions_scored", "score", first, last) if name != "echo" else None
+        # Every point the agent emits has `scored` (true or false), lean or not; echo's keep their input.
+        out_field = "Amount" if name == "echo" else "scored"
+        points_out = influx_count(stack, "transactions_scored", out_field, first, last, scored_rp)
+        scored = (
+            influx_count(stack, "transactions_scored", "score", first, last, scored_rp)
+            if name != "echo"
+            else None
+        )
         rss = sampler.stop()
         sampler = None
         result = {
@@ -402,6 +533,7 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
             "points_in": points_in,
             "points_out": points_out,
             "rss_mb": {"udf": rss["udf"], "api": rss["api"]},
+            "rss_mb_servers": {k: rss.get(k) for k in ("influxd", "kapacitord")},
             "points_written_by_bench": writer.written,
             "points_scored": scored,
             "points_unscored_seen": probe.unscored,
@@ -413,7 +545,13 @@ def run_config(name: str, args, models_dir: Path, model: str) -> dict[str, Any]:
             "api_workers": args.api_workers,
             "tasks_enabled": ["score", *(SIDE_TASKS if args.with_alert_tasks else ())],
             "env": CONFIGS[name],
-            "task_vars": dict(item.split("=", 1) for item in args.task_var),
+            "task_vars": task_vars,
+            "udf_env": parse_pairs(args.udf_env),
+            "influx_config": influx_config,
+            "kapacitor_config": kapacitor_config,
+            "influxd_env": {**parse_pairs(args.server_env), **parse_pairs(args.influxd_env)},
+            "kapacitord_env": {**parse_pairs(args.server_env), **parse_pairs(args.kapacitord_env)},
+            "scored_rp": scored_rp or "autogen",
         }
         log(
             f"{name}: in {points_in}, out {points_out}, scored {scored}, rss {rss}, "
@@ -534,6 +672,49 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="override a TICKscript var of the tasks, e.g. flush_interval=100ms (repeatable)",
     )
+    parser.add_argument(
+        "--udf-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the agent and the API, e.g. TICKGUARD_UDF_OUTPUT=lean (repeatable)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of influxd and kapacitord, e.g. GOGC=400 (repeatable)",
+    )
+    parser.add_argument("--influxd-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--kapacitord-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--influx-config",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="influxd config override, e.g. data.index-version=tsi1 (value as JSON if it parses)",
+    )
+    parser.add_argument(
+        "--kapacitor-config",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="kapacitord config override; influxdb.KEY goes into the [[influxdb]] section",
+    )
+    parser.add_argument(
+        "--scored-rp",
+        metavar="RP",
+        help="write transactions_scored into this retention policy, excluded from Kapacitor's subscription",
+    )
+    parser.add_argument(
+        "--pprof",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="CPU-profile influxd and kapacitord (Go pprof) this long in the sustained phase",
+    )
+    parser.add_argument("--label", default="", help="name of this variant (profile file names)")
     parser.add_argument("--model", help="model directory (default models/production)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")

@@ -67,6 +67,27 @@ def test_kapacitor_config_has_udfs_subscription_and_stats(tmp_path: Path) -> Non
     assert config["reporting"]["enabled"] is False
 
 
+def test_kapacitor_influxdb_overrides_merge_into_the_one_section(tmp_path: Path) -> None:
+    influx = InfluxServer(Path("/bin/true"), tmp_path / "influxd")
+    kapacitor = KapacitorServer(
+        Path("/bin/true"),
+        tmp_path / "kapacitord",
+        influx=influx,
+        config_overrides={"influxdb": {"excluded-subscriptions": {"fraud": ["scored"]}}},
+    )
+    (section,) = tomllib.loads(kapacitor.write_config().read_text())["influxdb"]
+    assert section["urls"] == [influx.url]
+    assert section["excluded-subscriptions"] == {"_kapacitor": ["autogen"], "fraud": ["scored"]}
+
+
+def test_daemon_environment_adds_extra_variables_and_drops_config_overrides(monkeypatch) -> None:
+    from tickguard.runtime.process import _server_environment
+
+    monkeypatch.setenv("KAPACITOR_HOSTNAME", "x")
+    env = _server_environment({"GOGC": "400"})
+    assert env["GOGC"] == "400" and "KAPACITOR_HOSTNAME" not in env
+
+
 def test_influx_config_turns_auth_on_only_with_credentials(tmp_path: Path) -> None:
     open_config = tomllib.loads(InfluxServer(Path("/bin/true"), tmp_path / "a").write_config().read_text())
     secured = InfluxServer(Path("/bin/true"), tmp_path / "b", auth=InfluxAuth("admin", "pw"))

@@ -62,13 +62,26 @@ def test_keepalive_snapshot_and_restore_are_answered(udf_agent_factory):
     assert wire.receive_kind("restore").restore.success
 
 
-def test_echo_mode_returns_every_point_byte_for_byte(udf_agent_factory):
+def test_echo_mode_with_full_output_returns_every_point_byte_for_byte(udf_agent_factory):
     wire = UdfWire(udf_agent_factory().socket_path)
-    assert wire.init(mode="echo").init.success
+    assert wire.init(mode="echo", output="full").init.success
     requests = [make_point(i, values=np.arange(30) * i, label=i % 2, note="x") for i in range(500)]
     wire.send_raw(b"".join(frame(r.SerializeToString()) for r in requests))
     for request in requests:
         assert wire.receive_kind("point").point == request.point
+
+
+def test_echo_mode_with_default_lean_output_keeps_tags_strings_and_kept_fields_only(udf_agent_factory):
+    wire = UdfWire(udf_agent_factory().socket_path)
+    assert wire.init(mode="echo").init.success
+    requests = [make_point(i, values=np.arange(30) * i, label=i % 2, note="x") for i in range(50)]
+    wire.send_raw(b"".join(frame(r.SerializeToString()) for r in requests))
+    for request in requests:
+        point = wire.receive_kind("point").point
+        assert point.time == request.point.time and dict(point.tags) == dict(request.point.tags)
+        assert dict(point.fieldsString) == {"note": "x"}
+        kept = {**dict(point.fieldsDouble), **dict(point.fieldsInt)}
+        assert set(kept) == {"Amount", "Class"} and kept["Amount"] == request.point.fieldsDouble["Amount"]
 
 
 def test_garbage_bytes_get_a_clear_error_response(udf_agent_factory):
@@ -91,10 +104,11 @@ def test_point_before_init_is_a_protocol_error(udf_agent_factory):
     assert "before init" in wire.receive_kind("error").error.error
 
 
-def test_scored_points_carry_every_output_field_in_input_order(udf_agent_factory, scoring_service):
+@pytest.mark.parametrize("output", ["full", "lean"])
+def test_scored_points_carry_every_output_field_in_input_order(udf_agent_factory, scoring_service, output):
     X, y = synthetic_rows(700, seed=3)
     wire = UdfWire(udf_agent_factory(url=scoring_service.url).socket_path)
-    assert wire.init(batchSize=256, flushInterval=("duration", 20 * MS)).init.success
+    assert wire.init(batchSize=256, flushInterval=("duration", 20 * MS), output=output).init.success
     requests = [make_point(i, values=X[i], label=int(y[i])) for i in range(len(X))]
     wire.send_raw(b"".join(frame(r.SerializeToString()) for r in requests))
 
@@ -112,8 +126,13 @@ def test_scored_points_carry_every_output_field_in_input_order(udf_agent_factory
         assert point.fieldsDouble["threshold"] == 0.5
         assert point.fieldsString["model_version"] == MODEL_VERSION
         assert point.fieldsDouble["latency_ms"] > 0
-        for name in FEATURES:
-            assert point.fieldsDouble[name] == request.point.fieldsDouble[name]
+        if output == "full":
+            for name in FEATURES:
+                assert point.fieldsDouble[name] == request.point.fieldsDouble[name]
+        else:  # lean: of the numeric inputs only the kept ones (Amount, Class) remain
+            dropped = [name for name in FEATURES if name != "Amount"]
+            assert not set(dropped) & set(point.fieldsDouble)
+            assert point.fieldsDouble["Amount"] == request.point.fieldsDouble["Amount"]
         assert point.fieldsInt["Class"] == y[i]
         assert sum(point.fieldsInt[c] for c in cells) == 1
         for cell in cells:

@@ -142,6 +142,57 @@ def test_a_point_with_a_nan_feature_is_emitted_unscored_without_the_nan_field():
     assert "V1" in emitted.fieldsString["error"]
 
 
+def test_lean_output_drops_numeric_inputs_but_keeps_tags_strings_and_kept_fields():
+    from tickguard.agent.pipeline import Batch, prepare, render
+    from tickguard.agent.scoring import ScoreResult
+
+    point = pb.Point(
+        time=7,
+        name="transactions",
+        tags={"source": "gen"},
+        fieldsDouble={"V1": 0.5, "V2": 1.5, "Amount": 12.5},
+        fieldsInt={"Class": 1},
+        fieldsString={"txid": "tx1"},
+    )
+    missing = pb.Point(time=8, name="transactions", fieldsDouble={"V1": 0.5}, fieldsString={"txid": "tx2"})
+    frames = [pb.Request(point=p).SerializeToString() for p in (point, missing)]
+    batch = Batch(frames=frames, arrival=time.monotonic())
+    prepare(batch, ("V1", "V2"), "Class", lean_keep=("Amount",))
+    assert batch.row_of == [0, -1] and batch.labels == [True, None]
+    result = ScoreResult(scores=[0.9], flags=[True], model_version="v1", threshold=0.5)
+    out = render(batch, result, "", ScoredFieldsEncoder("score", "anomaly"), None)
+    emitted = []
+    pos = 0
+    while pos < len(out):
+        length, pos = decode_varint(out, pos)
+        emitted.append(pb.Response.FromString(out[pos : pos + length]).point)
+        pos += length
+    scored, unscored = emitted
+    assert scored.time == 7 and scored.name == "transactions" and dict(scored.tags) == {"source": "gen"}
+    assert set(scored.fieldsDouble) == {"Amount", "score", "latency_ms", "threshold"}
+    assert set(scored.fieldsInt) == {"tp", "fp", "fn", "tn"} and scored.fieldsInt["tp"] == 1
+    assert scored.fieldsString["txid"] == "tx1" and scored.fieldsBool["anomaly"] is True
+    # V2 missing: unscored, and the 0.0 that reading it inserted is not emitted either.
+    assert set(unscored.fieldsDouble) == {"latency_ms"} and unscored.fieldsBool["scored"] is False
+    assert unscored.fieldsString["txid"] == "tx2" and "V2" in unscored.fieldsString["error"]
+
+
+def test_output_and_keep_options():
+    base = defaults(agent_settings({}))
+    assert base.output == "lean" and base.keep_fields == ("Amount", "Class")
+    assert defaults(agent_settings({"TICKGUARD_UDF_KEEP_FIELDS": ""})).keep_fields == ()
+    parsed = parse_options(
+        [
+            option("output", pb.STRING, stringValue="full"),
+            option("keep", pb.STRING, stringValue="Amount"),
+        ],
+        base,
+    )
+    assert parsed.output == "full" and parsed.keep_fields == ("Amount",)
+    with pytest.raises(OptionError, match="output"):
+        parse_options([option("output", pb.STRING, stringValue="slim")], base)
+
+
 def test_udf_command_takes_its_socket_from_the_environment_or_says_what_is_missing(monkeypatch, capsys):
     from tickguard.cli import build_parser, main
 

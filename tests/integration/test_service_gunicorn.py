@@ -94,6 +94,10 @@ def test_metrics_are_summed_over_workers(served, holdout_records):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(one, range(200)))
     assert statuses == [200] * 200
+    # A worker reports itself once its model is loaded (and compiled); the service is ready with one.
+    deadline = time.monotonic() + 60
+    while len(worker_pids(served.url)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(worker_pids(served.url)) == 2, "expected both gunicorn workers in the shared metrics"
     after = requests.get(f"{served.url}/metrics", timeout=10).text
     assert (

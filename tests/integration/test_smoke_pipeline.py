@@ -24,6 +24,7 @@ stream
         .measurement('tx')
     @tickguard()
         .mode('echo')
+        .output('full')
     |influxDBOut()
         .database('smoke')
         .retentionPolicy('autogen')

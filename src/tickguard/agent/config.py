@@ -30,6 +30,8 @@ class AgentSettings:
     score_field: str
     flag_field: str
     label_field: str
+    output: str  # full (input fields + results) | lean (results, string/bool inputs, keep_fields)
+    keep_fields: tuple[str, ...]  # numeric input fields a lean point keeps
     metrics_host: str
     metrics_port: int  # 0 = no /metrics endpoint
     log_interval_s: float
@@ -70,6 +72,13 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
         label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        output=_env(env, "TICKGUARD_UDF_OUTPUT", "lean"),
+        # Unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
+        keep_fields=tuple(
+            name.strip()
+            for name in env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class").split(",")
+            if name.strip()
+        ),
         metrics_host=_env(env, "TICKGUARD_UDF_METRICS_HOST", "127.0.0.1"),
         metrics_port=int(_env(env, "TICKGUARD_UDF_METRICS_PORT", "9102")),
         log_interval_s=float(_env(env, "TICKGUARD_UDF_LOG_INTERVAL", "30")),

@@ -27,13 +27,21 @@ from tickguard.agent.metrics import AgentMetrics
 from tickguard.agent.options import (
     MODE_ECHO,
     MODE_NAIVE,
+    OUTPUT_LEAN,
     OptionError,
     TaskOptions,
     defaults,
     info_response,
     parse_options,
 )
-from tickguard.agent.pipeline import Batch, MalformedRequest, prepare, render, render_unscored
+from tickguard.agent.pipeline import (
+    Batch,
+    MalformedRequest,
+    lean_point_response,
+    prepare,
+    render,
+    render_unscored,
+)
 from tickguard.agent.scoring import ClientRegistry, ScoringClient, ScoringUnavailable
 
 log = logging.getLogger(__name__)
@@ -142,11 +150,15 @@ class Connection:
         echoed = 0
         points: list[bytes] = []
         mode = self.options.mode if self.options is not None else None
+        # Echo returns what scoring would, minus the scores: lean output drops the inputs here too.
+        echo_keep = self._lean_keep() if mode == MODE_ECHO else None
         for body in bodies:
             if len(body) > 1 and body[0] == 0x8A and body[1] == 0x01:  # a point: the hot path
                 if mode is None:
                     raise ProtocolError("point received before init")
                 if mode == MODE_ECHO:
+                    if echo_keep is not None:
+                        body = lean_point_response(body, echo_keep)
                     echo_out.append(varint(len(body)))
                     echo_out.append(body)
                     echoed += 1
@@ -232,9 +244,10 @@ class Connection:
             self._start_pipeline()
         response.init.success = True
         log.info(
-            "%s: init mode=%s url=%s batch=%d flush=%.3gs timeout=%.3gs",
+            "%s: init mode=%s output=%s url=%s batch=%d flush=%.3gs timeout=%.3gs",
             self.describe(),
             options.mode,
+            options.output,
             options.url,
             options.batch_size,
             options.flush_interval_s,
@@ -274,6 +287,10 @@ class Connection:
         else:
             self._batch_queue.put((_RAW, data, 0.0, 0.0))
 
+    def _lean_keep(self) -> tuple[str, ...] | None:
+        """The numeric input fields lean output keeps, or None for full output."""
+        return self.options.keep_fields if self.options.output == OUTPUT_LEAN else None
+
     def _features(self) -> tuple[tuple[str, ...] | None, str]:
         if self.options.fields is not None:
             return self.options.fields, ""
@@ -285,7 +302,7 @@ class Connection:
 
     def _score_now(self, batch: Batch) -> None:
         features, features_error = self._features()
-        prepare(batch, features, self.options.label_field, features_error)
+        prepare(batch, features, self.options.label_field, features_error, self._lean_keep())
         result, error = None, ""
         if batch.rows:
             try:
@@ -332,7 +349,7 @@ class Connection:
         batch = Batch(frames, arrival)
         features, features_error = self._features()
         try:
-            prepare(batch, features, self.options.label_field, features_error)
+            prepare(batch, features, self.options.label_field, features_error, self._lean_keep())
         except MalformedRequest:
             raise
         except Exception as exc:  # a bug must not stop the task: these points leave unscored

@@ -17,6 +17,9 @@ MODE_SCORE = "score"
 MODE_ECHO = "echo"
 MODE_NAIVE = "naive"
 MODES = (MODE_SCORE, MODE_ECHO, MODE_NAIVE)
+OUTPUT_FULL = "full"  # the input point (tags and every field) plus the agent's fields
+OUTPUT_LEAN = "lean"  # tags, string/bool input fields (txid), `keep` numeric fields and the agent's fields
+OUTPUTS = (OUTPUT_FULL, OUTPUT_LEAN)
 
 # name -> value type of its single argument
 DECLARED_OPTIONS: dict[str, int] = {
@@ -31,6 +34,8 @@ DECLARED_OPTIONS: dict[str, int] = {
     "flagField": pb.STRING,
     "labelField": pb.STRING,
     "mode": pb.STRING,
+    "output": pb.STRING,
+    "keep": pb.STRING,
 }
 
 # Names the agent writes itself; an option may not rename score/flag onto one of them.
@@ -66,6 +71,8 @@ class TaskOptions:
     score_field: str
     flag_field: str
     label_field: str
+    output: str = OUTPUT_FULL
+    keep_fields: tuple[str, ...] = ()  # numeric input fields a lean point keeps (e.g. Amount)
 
 
 def info_response(wants: int, provides: int) -> pb.Response:
@@ -93,6 +100,8 @@ def defaults(settings: AgentSettings) -> TaskOptions:
         score_field=settings.score_field,
         flag_field=settings.flag_field,
         label_field=settings.label_field,
+        output=settings.output,
+        keep_fields=settings.keep_fields,
     )
 
 
@@ -160,6 +169,12 @@ def parse_options(options: list[pb.Option] | tuple, base: TaskOptions) -> TaskOp
             changes["flag_field"] = _field_name(name, str(value))
         elif name == "labelField":
             changes["label_field"] = str(value).strip()
+        elif name == "output":
+            if value not in OUTPUTS:
+                raise OptionError(f".output('{value}') must be one of {', '.join(OUTPUTS)}")
+            changes["output"] = value
+        elif name == "keep":
+            changes["keep_fields"] = tuple(part.strip() for part in str(value).split(",") if part.strip())
         elif name == "mode":
             if value not in MODES:
                 raise OptionError(f".mode('{value}') must be one of {', '.join(MODES)}")
@@ -171,6 +186,10 @@ def parse_options(options: list[pb.Option] | tuple, base: TaskOptions) -> TaskOp
     result = replace(base, **changes)
     if result.mode not in MODES:
         raise OptionError(f"mode '{result.mode}' (TICKGUARD_UDF_MODE) must be one of {', '.join(MODES)}")
+    if result.output not in OUTPUTS:
+        raise OptionError(
+            f"output '{result.output}' (TICKGUARD_UDF_OUTPUT) must be one of {', '.join(OUTPUTS)}"
+        )
     if result.score_field == result.flag_field:
         raise OptionError(f"scoreField and flagField are both '{result.score_field}'")
     if result.mode == MODE_NAIVE:

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, point_response_frame
+from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
 from tickguard.agent.scoring import ScoreResult
 
 
@@ -39,6 +40,8 @@ class Batch:
     replacements: dict[int, bytes] = field(default_factory=dict)
     body: bytes = b""
     rows: int = 0
+    # lean output: per point, the re-encoded Point without its numeric input fields (None = full output)
+    lean: list[bytes] | None = None
 
 
 def _label_value(point: pb.Point, name: str) -> bool | None:
@@ -94,6 +97,42 @@ def _drop_non_finite(point: pb.Point) -> list[str]:
     return names
 
 
+def lean_points(points, keep: tuple[str, ...], fresh: dict[int, pb.Point] | None = None) -> list[bytes]:
+    """Each point re-encoded without its double and int fields, except the finite ones named in `keep`.
+
+    Tags, time, string fields (txid) and bool fields stay; the agent's fields are appended afterwards.
+    Kapacitor then decodes, and InfluxDB parses and stores, about a third of the bytes per point.
+    `fresh` maps indexes to re-decoded points (reading a missing feature inserted a 0.0 into the original).
+    """
+    out: list[bytes] = []
+    append = out.append
+    for index, point in enumerate(points):
+        if fresh and index in fresh:
+            point = fresh[index]
+        doubles = point.fieldsDouble
+        ints = point.fieldsInt
+        kept_d = {n: doubles[n] for n in keep if n in doubles and math.isfinite(doubles[n])} if keep else None
+        kept_i = {n: ints[n] for n in keep if n in ints} if keep else None
+        point.ClearField("fieldsDouble")
+        point.ClearField("fieldsInt")
+        if kept_d:
+            point.fieldsDouble.update(kept_d)
+        if kept_i:
+            point.fieldsInt.update(kept_i)
+        append(point.SerializeToString())
+    return out
+
+
+def lean_point_response(body: bytes, keep: tuple[str, ...]) -> bytes:
+    """A point request's body turned into a point response carrying the lean point (echo mode)."""
+    try:
+        point = pb.Request.FromString(body).point
+    except DecodeError as exc:
+        raise MalformedRequest(f"malformed point request: {exc}") from None
+    data = lean_points([point], keep)[0]
+    return TWO_BYTE_TAG_POINT + varint(len(data)) + data
+
+
 def decode_run(frames: list[bytes]):
     """Decode consecutive point-request bodies with a single parse (they form a PointRun)."""
     try:
@@ -110,9 +149,16 @@ def decode_run(frames: list[bytes]):
 
 
 def prepare(
-    batch: Batch, features: tuple[str, ...] | None, label_field: str, features_error: str = ""
+    batch: Batch,
+    features: tuple[str, ...] | None,
+    label_field: str,
+    features_error: str = "",
+    lean_keep: tuple[str, ...] | None = None,
 ) -> None:
-    """Decode the batch, pick out each point's feature row and label, and build the /predict body."""
+    """Decode the batch, pick out each point's feature row and label, and build the /predict body.
+
+    `lean_keep` not None: the output points are lean (see lean_points), keeping those numeric fields.
+    """
     points = decode_run(batch.frames)
     batch.times = [p.time for p in points]
     if label_field:
@@ -122,6 +168,8 @@ def prepare(
     if features is None:
         batch.row_of = [-1] * len(points)
         batch.errors = dict.fromkeys(range(len(points)), features_error)
+        if lean_keep is not None:
+            batch.lean = lean_points(points, lean_keep)
         return
     if len(features) == 1:
         only = features[0]
@@ -133,6 +181,7 @@ def prepare(
     rows: list[tuple] = []
     row_of: list[int] = []
     errors = batch.errors
+    fresh: dict[int, pb.Point] = {}
     for index, point in enumerate(points):
         doubles = point.fieldsDouble
         before = len(doubles)
@@ -142,6 +191,7 @@ def prepare(
         total = sum(row)
         if len(doubles) != before or total - total != 0.0:
             point = pb.Point.FromString(batch.frames[index][point_payload_offset(batch.frames[index]) :])
+            fresh[index] = point
             row, problem = _slow_row(point, features)
             if row is None:
                 dropped = _drop_non_finite(point)
@@ -157,6 +207,8 @@ def prepare(
     batch.rows = len(rows)
     if rows:
         batch.body = orjson.dumps({"columns": features, "data": rows})
+    if lean_keep is not None:
+        batch.lean = lean_points(points, lean_keep, fresh)
 
 
 def render(
@@ -171,6 +223,7 @@ def render(
     parts: list = []
     extend = parts.extend
     error_entries: dict[str, bytes] = {}
+    lean = batch.lean
     if result is not None:
         threshold = result.threshold if threshold_override is None else threshold_override
         tail = encoder.scored_tail(result.model_version, threshold)
@@ -189,6 +242,9 @@ def render(
             if entry is None:
                 entry = error_entries[message] = encoder.error_field(message)
             extra = encoder.unscored_fields(latency_ms, entry)
+        if lean is not None:
+            extend(point_response_frame(lean[index], extra))
+            continue
         replacement = batch.replacements.get(index)
         if replacement is not None:
             extend(point_response_frame(replacement, extra))

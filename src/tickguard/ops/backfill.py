@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TXID_FIELD = "txid"
 BACKFILLED_FIELD = "backfilled"
+_NUMERIC = frozenset({"float", "integer"})  # InfluxDB field types a lean point drops (unless kept)
 PROGRESS_EVERY_S = 5.0
 MAX_BUCKETS = 2000  # density buckets of one planning query
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
@@ -550,6 +551,7 @@ class Backfiller:
         report: BackfillReport,
     ) -> None:
         s = self.settings
+        lean, keep = s.output == "lean", frozenset(s.keep_fields)
         lines: list[str] = []
         for offset in range(0, len(pending), s.batch_size):
             chunk = pending[offset : offset + s.batch_size]
@@ -568,8 +570,8 @@ class Backfiller:
             for (tags, row, replaces), position, problem in zip(chunk, row_of, problems, strict=True):
                 fields: dict[str, str] = {}
                 for name, value in row.items():
-                    if name == "time":
-                        continue
+                    if name == "time" or (lean and types.get(name) in _NUMERIC and name not in keep):
+                        continue  # lean output, like the agent's: no numeric inputs beyond `keep`
                     encoded = encode_value(value, types.get(name))
                     if encoded is not None:
                         fields[name] = encoded
@@ -733,6 +735,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="rows per /predict request (default 1000)")
     parser.add_argument(
+        "--output",
+        choices=("lean", "full"),
+        help="lean: results, txid/tags and the TICKGUARD_UDF_KEEP_FIELDS inputs, like the live pipeline's "
+        "default; full: every input field too (default: TICKGUARD_UDF_OUTPUT, else lean)",
+    )
+    parser.add_argument(
         "--all", action="store_true", help="re-score every point, even those already scored in the target"
     )
     parser.add_argument(
@@ -769,7 +777,11 @@ def run_backfill(args: argparse.Namespace) -> int:
         if not 1 <= args.batch_size <= 100_000:
             raise TickguardError(f"--batch-size must be between 1 and 100000, got {args.batch_size}")
         overrides["batch_size"] = args.batch_size
+    if args.output:
+        overrides["output"] = args.output
     settings = replace(settings, **overrides)
+    if settings.output not in ("lean", "full"):
+        raise TickguardError(f"TICKGUARD_UDF_OUTPUT={settings.output!r}: choose lean or full")
     interval_s = parse_duration_ns(args.follow) / 1e9 if args.follow else None
     if interval_s is not None and interval_s < 1:
         raise TickguardError(f"--follow {args.follow}: the interval must be at least 1s")

@@ -2,7 +2,8 @@
 
 InfluxDB access reuses the stack's TICKGUARD_INFLUXDB_* variables and the scoring URL the UDF agent's
 TICKGUARD_SCORING_URL, so a backfill talks to the same servers as the live pipeline. The output field
-names follow the agent's TICKGUARD_UDF_*_FIELD variables, so backfilled points look like live ones.
+names and the output shape follow the agent's TICKGUARD_UDF_*_FIELD, TICKGUARD_UDF_OUTPUT and
+TICKGUARD_UDF_KEEP_FIELDS variables, so backfilled points look like live ones.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class BackfillSettings:
     score_field: str
     flag_field: str
     label_field: str
+    output: str  # "lean" (like the agent's default: results, string/bool inputs, keep_fields) or "full"
+    keep_fields: tuple[str, ...]  # numeric input fields a lean point keeps
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
@@ -62,4 +65,10 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
         label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        output=_env(env, "TICKGUARD_UDF_OUTPUT", "lean"),
+        keep_fields=tuple(
+            name.strip()
+            for name in env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class").split(",")
+            if name.strip()
+        ),
     )

@@ -39,6 +39,7 @@ class TickRuntime:
     directory removed on stop(). `influx_auth` turns on InfluxDB auth with that admin user and hands the
     credentials to Kapacitor. `kapacitor_config` / `influx_config` are nested dicts deep-merged into the
     generated configs (e.g. {"task": {"snapshot-interval": "5s"}}); `*_extra_config` is raw TOML appended.
+    `influx_env` / `kapacitor_env` add to a daemon's environment (e.g. {"GOGC": "400"}).
     """
 
     def __init__(
@@ -55,6 +56,8 @@ class TickRuntime:
         influx_config: Mapping[str, Any] | None = None,
         influx_extra_config: str = "",
         start_timeout: float | None = None,
+        influx_env: Mapping[str, str] | None = None,
+        kapacitor_env: Mapping[str, str] | None = None,
     ):
         settings = load_settings()
         self.binaries = (binaries or find_tick_binaries(settings)).require_servers()
@@ -73,6 +76,7 @@ class TickRuntime:
             start_timeout=timeout,
             stop_timeout=settings.stop_timeout,
         )
+        self.influx.env = dict(influx_env or {})
         self.kapacitor: KapacitorServer | None = None
         if with_kapacitor:
             self.kapacitor = KapacitorServer(
@@ -86,6 +90,7 @@ class TickRuntime:
                 start_timeout=timeout,
                 stop_timeout=settings.stop_timeout,
             )
+            self.kapacitor.env = dict(kapacitor_env or {})
         self._keep_workdir = settings.keep_workdirs
 
     def __repr__(self) -> str:

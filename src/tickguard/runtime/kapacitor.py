@@ -116,13 +116,16 @@ class KapacitorServer(ManagedServer):
                 }
             },
         }
+        overrides = dict(self.config_overrides)
         if self.influx is not None:
-            base["influxdb"] = [self._influxdb_section()]
+            # {"influxdb": {...}} (a table, not a list) is merged into the one [[influxdb]] section.
+            section = overrides.pop("influxdb") if isinstance(overrides.get("influxdb"), Mapping) else {}
+            base["influxdb"] = [toml.deep_merge(self._influxdb_section(), section)]
         else:
             base["influxdb"] = [
                 {"enabled": False, "name": "default", "default": True, "urls": ["http://127.0.0.1:1"]}
             ]
-        return toml.deep_merge(base, self.config_overrides)
+        return toml.deep_merge(base, overrides)
 
     def _influxdb_section(self) -> dict[str, Any]:
         assert self.influx is not None

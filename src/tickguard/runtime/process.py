@@ -51,9 +51,11 @@ def tail_file(path: Path, lines: int = 40) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _server_environment() -> dict[str, str]:
-    """This process's environment minus KAPACITOR_*/INFLUXDB_* (both daemons read those as config overrides)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("KAPACITOR_", "INFLUXDB_"))}
+def _server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment minus KAPACITOR_*/INFLUXDB_* (both daemons read those as config overrides),
+    plus `extra` (e.g. GOGC for one daemon)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAPACITOR_", "INFLUXDB_"))}
+    return {**env, **(extra or {})}
 
 
 def _die_with_parent() -> None:
@@ -106,6 +108,8 @@ class ManagedServer:
         self.data_dir = self.workdir / "data"
         self._process: subprocess.Popen[bytes] | None = None
         self._starts = 0
+        self.env: dict[str, str] = {}
+        """Extra environment of the daemon (e.g. {"GOGC": "400"}), applied at the next start."""
 
     # -- what subclasses define -------------------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -236,7 +240,7 @@ class ManagedServer:
                 stdout=log_handle,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                env=_server_environment(),
+                env=_server_environment(self.env),
                 start_new_session=True,  # Ctrl-C in a terminal reaches the test runner, not the daemons
                 preexec_fn=_die_with_parent if self.die_with_parent and sys.platform == "linux" else None,
             )
