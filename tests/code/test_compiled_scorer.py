@@ -123,3 +123,17 @@ def test_wrong_width_is_a_clear_error():
     scorer = compile_model(_pipeline(_lgbm()).fit(X, y))
     with pytest.raises(ValueError, match="30 columns"):
         scorer.score(X[:, :5])
+
+
+def test_extreme_but_finite_inputs_score_like_the_pipeline():
+    X, y = _data(4_000)
+    pipeline = _pipeline(MODELS["soft vote like production"]).fit(X, y)
+    scorer = compile_model(pipeline)
+    rng = np.random.default_rng(5)
+    extreme = rng.choice([-1e30, -1e6, -1.0, 0.0, 1e-30, 1.0, 1e6, 1e30], size=(400, len(FEATURES)))
+    extreme[:, 0] = rng.choice(
+        [-86_400.0 * 3.5, -1.0, 0.0, 1e12], size=400
+    )  # Time before the data, far after
+    extreme[:, -1] = rng.choice([-5.0, 0.0, 0.01, 1e9], size=400)  # Amount: refunds, zero, huge
+    expected = pipeline.predict_proba(extreme)[:, 1]
+    np.testing.assert_allclose(scorer.score(extreme), expected, rtol=0, atol=1e-12)
