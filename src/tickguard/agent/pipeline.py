@@ -111,14 +111,16 @@ def lean_points(points, keep: tuple[str, ...], fresh: dict[int, pb.Point] | None
             point = fresh[index]
         doubles = point.fieldsDouble
         ints = point.fieldsInt
-        kept_d = {n: doubles[n] for n in keep if n in doubles and math.isfinite(doubles[n])} if keep else None
-        kept_i = {n: ints[n] for n in keep if n in ints} if keep else None
+        kept_d = [(n, doubles[n]) for n in keep if n in doubles and math.isfinite(doubles[n])]
+        kept_i = [(n, ints[n]) for n in keep if n in ints]
         point.ClearField("fieldsDouble")
         point.ClearField("fieldsInt")
-        if kept_d:
-            point.fieldsDouble.update(kept_d)
-        if kept_i:
-            point.fieldsInt.update(kept_i)
+        # Item by item (MutableMapping.update on protobuf maps is a slow, pure-Python loop), and through
+        # the point: ClearField detaches the map objects fetched before it.
+        for name, value in kept_d:
+            point.fieldsDouble[name] = value
+        for name, value in kept_i:
+            point.fieldsInt[name] = value
         append(point.SerializeToString())
     return out
 
