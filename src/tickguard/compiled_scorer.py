@@ -48,7 +48,8 @@ def _numba_cache_dir() -> None:
 _numba_cache_dir()
 import numba  # noqa: E402  (after the cache directory is settled)
 
-SECONDS_PER_DAY = 86_400.0
+from tickguard.training.features import SECONDS_PER_DAY  # noqa: E402  (the encoding the kernel repeats)
+
 # LightGBM sends a value to a node's default side when missing_type is "Zero" and |value| is below this.
 LIGHTGBM_ZERO_THRESHOLD = 1e-35
 DISABLE_ENV = "TICKGUARD_COMPILED_SCORER"
