@@ -244,3 +244,22 @@ def test_shared_influx_server_round_trips_line_protocol(influx_server) -> None:
     assert rows == [{"time": 1500000000000000001, "amount": 1.5, "card": "c1", "note": "x y", "seq": 7}]
     with pytest.raises(TickRuntimeError, match="unable to parse"):
         influx_server.write_lines(["probe amount="], "shared_probe")
+
+
+def test_a_crashed_kapacitord_is_recovered_but_a_deliberate_stop_is_not(tick_runtime: TickRuntime) -> None:
+    import os
+    import signal
+
+    kapacitor = tick_runtime.kapacitor
+    assert kapacitor.recover() is None  # running: nothing to do
+    os.kill(kapacitor.pid, signal.SIGKILL)  # a crash, not the harness's kill()
+    deadline = time.monotonic() + 10
+    while kapacitor.exited_on_its_own() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert kapacitor.recover() == -signal.SIGKILL
+    assert kapacitor.is_running() and kapacitor.ping()
+    assert "exited on its own (exit code -9)" in kapacitor.log_tail(200)
+    kapacitor.stop()
+    assert kapacitor.exited_on_its_own() is None and kapacitor.recover() is None
+    assert not kapacitor.is_running()
+    kapacitor.start()

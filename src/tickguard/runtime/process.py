@@ -107,6 +107,8 @@ class ManagedServer:
         self.log_path = self.workdir / f"{self.name}.log"
         self.data_dir = self.workdir / "data"
         self._process: subprocess.Popen[bytes] | None = None
+        # start/stop/kill/recover may come from a test and a supervisor thread at once.
+        self._lifecycle = threading.RLock()
         self._starts = 0
         self.env: dict[str, str] = {}
         """Extra environment of the daemon (e.g. {"GOGC": "400"}), applied at the next start."""
@@ -156,6 +158,10 @@ class ManagedServer:
 
     def start(self, timeout: float | None = None) -> None:
         """Launch the server and wait until its ping answers; raise TickRuntimeError with the log tail if not."""
+        with self._lifecycle:
+            return self._start_unlocked(timeout)
+
+    def _start_unlocked(self, timeout: float | None = None) -> None:
         if self.is_running():
             return
         attempts = 2 if self._starts == 0 else 1  # a lost port race on first start gets one retry
@@ -175,6 +181,10 @@ class ManagedServer:
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout` s); return its exit code (None if not running)."""
+        with self._lifecycle:
+            return self._stop_unlocked(timeout)
+
+    def _stop_unlocked(self, timeout: float | None = None) -> int | None:
         process = self._process
         if process is None:
             return None
@@ -196,6 +206,10 @@ class ManagedServer:
 
     def kill(self) -> None:
         """SIGKILL the server at once (simulates a crash); the data dir stays for a later start()."""
+        with self._lifecycle:
+            return self._kill_unlocked()
+
+    def _kill_unlocked(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
@@ -203,6 +217,27 @@ class ManagedServer:
         self._process = None
         _LIVE_SERVERS.discard(self)
         self._log_marker("killed (SIGKILL)")
+
+    def exited_on_its_own(self) -> int | None:
+        """The exit code if the daemon ended without stop() or kill() (a crash), else None."""
+        process = self._process
+        return process.poll() if process is not None else None
+
+    def recover(self, timeout: float | None = None) -> int | None:
+        """Start a daemon that exited on its own again (compose's `restart: unless-stopped`); its exit code."""
+        with self._lifecycle:
+            return self._recover_unlocked(timeout)
+
+    def _recover_unlocked(self, timeout: float | None = None) -> int | None:
+        code = self.exited_on_its_own()
+        if code is None:
+            return None
+        self._process = None
+        _LIVE_SERVERS.discard(self)
+        self._log_marker(f"exited on its own (exit code {code}); starting it again")
+        log.warning("%s exited on its own (exit code %s); starting it again", self.name, code)
+        self.start(timeout)
+        return code
 
     def restart(self, timeout: float | None = None) -> None:
         """Stop and start again with the same config, data directory and port."""

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class ChildProcess:
 
 
 SERVER_GOGC = "200"
+SUPERVISE_EVERY_S = 1.0
 
 
 class LocalStack:
@@ -149,6 +151,8 @@ class LocalStack:
         self.api: ChildProcess | None = None
         self.udf: ChildProcess | None = None
         self.watchdog: ChildProcess | None = None
+        self._supervising = threading.Event()  # set = stop supervising the servers
+        self._supervisor: threading.Thread | None = None
         self.runtime = None  # tickguard.runtime.TickRuntime once started
 
     # -- addresses ------------------------------------------------------------------------------------
@@ -216,6 +220,7 @@ class LocalStack:
             self.runtime.start()
             self.runtime.create_database(DATABASE)
             self._wait_for_tasks()
+            self._start_supervisor()
             if self.with_watchdog:
                 self._start_watchdog(logs)
         except BaseException:
@@ -285,6 +290,27 @@ class LocalStack:
         )
         self.watchdog.start()
 
+    def _start_supervisor(self) -> None:
+        """Start influxd or kapacitord again when it exits on its own, as compose's restart policy does.
+
+        Kapacitor 1.5.9 can panic ("send on closed channel" in UDFNode) when a UDF task is restarted
+        while the agent is answering, e.g. when its load service re-applies the task files just after
+        a restart. Deliberate stop() and kill() calls are left alone.
+        """
+        self._supervising.clear()
+        runtime = self._runtime()
+
+        def supervise() -> None:
+            while not self._supervising.wait(SUPERVISE_EVERY_S):
+                for server in (runtime.influx, runtime.kapacitor):
+                    try:
+                        server.recover()
+                    except Exception as exc:  # keep supervising: the next round tries again
+                        log.error("could not start %s again: %s", server.name, exc)
+
+        self._supervisor = threading.Thread(target=supervise, name="tick-supervisor", daemon=True)
+        self._supervisor.start()
+
     def _wait_for_tasks(self, timeout: float = 30.0) -> None:
         """Wait until Kapacitor has loaded and enabled every task from the load directory."""
         client = self._runtime().kapacitor_client()
@@ -303,6 +329,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything that runs, in reverse order."""
+        self._supervising.set()
+        if self._supervisor is not None:  # let a start in progress finish, so nothing outlives stop()
+            self._supervisor.join(timeout=60)
         if self.runtime is not None:
             with contextlib.suppress(Exception):
                 self.runtime.stop()
