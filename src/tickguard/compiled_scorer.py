@@ -139,14 +139,9 @@ class CompiledScorer:
     walked: tuple[WalkedTrees, WalkedTrees]
     total_weight: float
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probability per row of a [n, n_inputs] float array (finite values only)."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_inputs:
-            raise ValueError(f"expected a 2-D array with {self.n_inputs} columns, got shape {X.shape}")
-        out = np.empty(X.shape[0], dtype=np.float64)
-        _score_rows(
-            X,
+    def __post_init__(self) -> None:
+        # The kernel's model arguments, gathered once: every call of score() passes the same ones.
+        model_args = (
             self.encode_time_amount,
             self.mean,
             self.scale,
@@ -157,8 +152,16 @@ class CompiledScorer:
             *self.walked[0].kernel_args(),
             *self.walked[1].kernel_args(),
             self.total_weight,
-            out,
         )
+        object.__setattr__(self, "_model_args", model_args)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Fraud probability per row of a [n, n_inputs] float array (finite values only)."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_inputs:
+            raise ValueError(f"expected a 2-D array with {self.n_inputs} columns, got shape {X.shape}")
+        out = np.empty(X.shape[0], dtype=np.float64)
+        _score_rows(X, *self._model_args, out)
         return out
 
 

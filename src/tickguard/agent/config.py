@@ -7,6 +7,7 @@ these defaults, so the agent works in compose without any option in the script.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -52,9 +53,17 @@ def _env(env: dict, name: str, default: str) -> str:
     return default if value is None or value == "" else value
 
 
+def output_shape(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """(TICKGUARD_UDF_OUTPUT, TICKGUARD_UDF_KEEP_FIELDS): the shape of scored points, shared with backfill."""
+    # Keep unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
+    keep = env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class")
+    return _env(env, "TICKGUARD_UDF_OUTPUT", "lean"), tuple(n.strip() for n in keep.split(",") if n.strip())
+
+
 def agent_settings(env: dict | None = None) -> AgentSettings:
     """Read the TICKGUARD_UDF_* variables (and TICKGUARD_SCORING_URL, TICKGUARD_KAPACITOR_URL)."""
     env = os.environ if env is None else env
+    output, keep_fields = output_shape(env)
     return AgentSettings(
         socket_path=_env(env, "TICKGUARD_UDF_SOCKET", ""),
         batch_socket_path=_env(env, "TICKGUARD_UDF_BATCH_SOCKET", ""),
@@ -72,13 +81,8 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
         label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
-        output=_env(env, "TICKGUARD_UDF_OUTPUT", "lean"),
-        # Unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
-        keep_fields=tuple(
-            name.strip()
-            for name in env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class").split(",")
-            if name.strip()
-        ),
+        output=output,
+        keep_fields=keep_fields,
         metrics_host=_env(env, "TICKGUARD_UDF_METRICS_HOST", "127.0.0.1"),
         metrics_port=int(_env(env, "TICKGUARD_UDF_METRICS_PORT", "9102")),
         log_interval_s=float(_env(env, "TICKGUARD_UDF_LOG_INTERVAL", "30")),

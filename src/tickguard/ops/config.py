@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tickguard.agent.config import output_shape
 from tickguard.stack.config import MEASUREMENT, SCORED_MEASUREMENT, influx_settings
 
 
@@ -48,6 +49,7 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
     """Read the settings from the environment, with defaults for the local runtime."""
     env = os.environ if env is None else env
     influx = influx_settings()
+    output, keep_fields = output_shape(env)
     return BackfillSettings(
         influx_url=influx.url.rstrip("/"),
         username=influx.username,
@@ -65,10 +67,6 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
         label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
-        output=_env(env, "TICKGUARD_UDF_OUTPUT", "lean"),
-        keep_fields=tuple(
-            name.strip()
-            for name in env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class").split(",")
-            if name.strip()
-        ),
+        output=output,
+        keep_fields=keep_fields,
     )
