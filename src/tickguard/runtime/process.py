@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -81,6 +82,17 @@ def _register(server: ManagedServer) -> None:
             _atexit_registered = True
 
 
+def _serialized(method):
+    """Run a lifecycle method under the server's lock: a test and a supervisor thread may call at once."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lifecycle:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class ManagedServer:
     """A daemon with a config file, a data directory and a log file, reachable over HTTP on loopback.
 
@@ -156,12 +168,9 @@ class ManagedServer:
         self.config_path.write_text(self._render_config())
         return self.config_path
 
+    @_serialized
     def start(self, timeout: float | None = None) -> None:
         """Launch the server and wait until its ping answers; raise TickRuntimeError with the log tail if not."""
-        with self._lifecycle:
-            return self._start_unlocked(timeout)
-
-    def _start_unlocked(self, timeout: float | None = None) -> None:
         if self.is_running():
             return
         attempts = 2 if self._starts == 0 else 1  # a lost port race on first start gets one retry
@@ -179,12 +188,9 @@ class ManagedServer:
         self._starts += 1
         self._after_ready()
 
+    @_serialized
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout` s); return its exit code (None if not running)."""
-        with self._lifecycle:
-            return self._stop_unlocked(timeout)
-
-    def _stop_unlocked(self, timeout: float | None = None) -> int | None:
         process = self._process
         if process is None:
             return None
@@ -204,12 +210,9 @@ class ManagedServer:
         self._log_marker(f"stopped (exit code {process.returncode})")
         return process.returncode
 
+    @_serialized
     def kill(self) -> None:
         """SIGKILL the server at once (simulates a crash); the data dir stays for a later start()."""
-        with self._lifecycle:
-            return self._kill_unlocked()
-
-    def _kill_unlocked(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
@@ -223,12 +226,9 @@ class ManagedServer:
         process = self._process
         return process.poll() if process is not None else None
 
+    @_serialized
     def recover(self, timeout: float | None = None) -> int | None:
         """Start a daemon that exited on its own again (compose's `restart: unless-stopped`); its exit code."""
-        with self._lifecycle:
-            return self._recover_unlocked(timeout)
-
-    def _recover_unlocked(self, timeout: float | None = None) -> int | None:
         code = self.exited_on_its_own()
         if code is None:
             return None
