@@ -112,11 +112,11 @@ def read_card(model_dir: Path | str) -> dict:
     return card
 
 
-def load_model(model_dir: Path | str, compile_scorer: bool = True) -> ModelArtifact:
+def load_model(model_dir: Path | str) -> ModelArtifact:
     """Load a model directory, refusing it if the model file's sha256 differs from the card's.
 
-    With compile_scorer (the default) the model is also compiled for fast scoring when its structure
-    allows and the compiled scores match the model's on probe rows; otherwise it scores itself.
+    The model is also compiled for fast scoring when its structure allows and the compiled scores
+    match the model's on probe rows (TICKGUARD_COMPILED_SCORER=0 turns that off); else it scores itself.
     """
     import joblib
 
@@ -132,11 +132,9 @@ def load_model(model_dir: Path | str, compile_scorer: bool = True) -> ModelArtif
             f"{card['model_sha256']} (the file was changed or replaced)"
         )
     estimator = joblib.load(model_path)
-    compiled = None
-    if compile_scorer:
-        from tickguard.compiled_scorer import compile_if_possible
+    from tickguard.compiled_scorer import compile_if_possible
 
-        compiled = compile_if_possible(estimator, probe_rows(card["features"]))
+    compiled = compile_if_possible(estimator, probe_rows(card["features"]))
     return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve(), compiled=compiled)
 
 

@@ -56,8 +56,14 @@ def _env(env: dict, name: str, default: str) -> str:
 def output_shape(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     """(TICKGUARD_UDF_OUTPUT, TICKGUARD_UDF_KEEP_FIELDS): the shape of scored points, shared with backfill."""
     # Keep unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
-    keep = env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class")
-    return _env(env, "TICKGUARD_UDF_OUTPUT", "lean"), tuple(n.strip() for n in keep.split(",") if n.strip())
+    return _env(env, "TICKGUARD_UDF_OUTPUT", "lean"), field_names(
+        env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class")
+    )
+
+
+def field_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of field names, blanks dropped ('' = none)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def agent_settings(env: dict | None = None) -> AgentSettings:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from tickguard.agent import udf_pb2 as pb
-from tickguard.agent.config import AgentSettings
+from tickguard.agent.config import AgentSettings, field_names
 
 MODE_SCORE = "score"
 MODE_ECHO = "echo"
@@ -174,7 +174,7 @@ def parse_options(options: list[pb.Option] | tuple, base: TaskOptions) -> TaskOp
                 raise OptionError(f".output('{value}') must be one of {', '.join(OUTPUTS)}")
             changes["output"] = value
         elif name == "keep":
-            changes["keep_fields"] = tuple(part.strip() for part in str(value).split(",") if part.strip())
+            changes["keep_fields"] = field_names(str(value))
         elif name == "mode":
             if value not in MODES:
                 raise OptionError(f".mode('{value}') must be one of {', '.join(MODES)}")

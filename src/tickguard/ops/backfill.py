@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import requests
 
+from tickguard.agent.options import OUTPUT_LEAN, OUTPUTS
 from tickguard.errors import TickguardError
 from tickguard.ops.config import BackfillSettings, backfill_settings
 
@@ -551,7 +552,7 @@ class Backfiller:
         report: BackfillReport,
     ) -> None:
         s = self.settings
-        lean, keep = s.output == "lean", frozenset(s.keep_fields)
+        lean, keep = s.output == OUTPUT_LEAN, frozenset(s.keep_fields)
         lines: list[str] = []
         for offset in range(0, len(pending), s.batch_size):
             chunk = pending[offset : offset + s.batch_size]
@@ -736,7 +737,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="rows per /predict request (default 1000)")
     parser.add_argument(
         "--output",
-        choices=("lean", "full"),
+        choices=OUTPUTS,
         help="lean: results, txid/tags and the TICKGUARD_UDF_KEEP_FIELDS inputs, like the live pipeline's "
         "default; full: every input field too (default: TICKGUARD_UDF_OUTPUT, else lean)",
     )
@@ -780,8 +781,8 @@ def run_backfill(args: argparse.Namespace) -> int:
     if args.output:
         overrides["output"] = args.output
     settings = replace(settings, **overrides)
-    if settings.output not in ("lean", "full"):
-        raise TickguardError(f"TICKGUARD_UDF_OUTPUT={settings.output!r}: choose lean or full")
+    if settings.output not in OUTPUTS:
+        raise TickguardError(f"TICKGUARD_UDF_OUTPUT={settings.output!r}: choose one of {', '.join(OUTPUTS)}")
     interval_s = parse_duration_ns(args.follow) / 1e9 if args.follow else None
     if interval_s is not None and interval_s < 1:
         raise TickguardError(f"--follow {args.follow}: the interval must be at least 1s")
