@@ -257,8 +257,10 @@ def test_workers_follow_a_reload_through_the_shared_pointer(service_models_dir, 
     second = ModelHolder(service_models_dir, 100, shared_pointer=pointer)
     first.load_initial("production")
     second.load_initial("production")
+    second.sync()  # a check just before the reload: the next one is rate-limited
     first.reload(NO_TIME_MODEL)
     assert second.current.version == production_card["version"]
+    # reload() answers only after the check interval, so the very next sync sees the new pointer.
     second.sync()
     assert second.current.version == NO_TIME_MODEL
     # A worker started after the reload serves the reloaded model, not the start-up default.

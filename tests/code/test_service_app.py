@@ -175,6 +175,7 @@ def test_request_id_is_echoed_or_generated(client, holdout_records):
     assert response.headers["X-Request-ID"] == "trace-42"
     generated = client.get("/v2/health/live").headers["X-Request-ID"]
     assert len(generated) == 32
+    assert client.get("/v2/health/live").headers["X-Request-ID"] != generated
     unsafe = client.get("/v2/health/live", headers={"X-Request-ID": "bad id\twith spaces"}).headers[
         "X-Request-ID"
     ]

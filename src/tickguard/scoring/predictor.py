@@ -98,8 +98,12 @@ class ModelHolder:
 
     With several worker processes, the worker that performs a reload records the new model
     directory in a shared pointer file (`shared_pointer`); the others notice the change on their
-    next request (`sync`) and load the same, hash-verified directory.
+    next request (`sync`) and load the same, hash-verified directory. `sync` looks at the file at
+    most every POINTER_CHECK_INTERVAL_S, and `reload` returns only after that long, so once a
+    reload has answered, every worker's next request sees the new pointer.
     """
+
+    POINTER_CHECK_INTERVAL_S = 0.05
 
     def __init__(self, models_dir: Path, max_rows: int, shared_pointer: Path | None = None) -> None:
         self.models_dir = Path(models_dir)
@@ -109,6 +113,7 @@ class ModelHolder:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._pointer_stamp: int | None = None
+        self._next_pointer_check = 0.0
 
     def load_initial(self, model: Path | str) -> None:
         """Load the start-up model (or the one another worker switched to); keep serving on failure."""
@@ -158,12 +163,18 @@ class ModelHolder:
             self.current = candidate
             self.last_error = None
             self._write_pointer(candidate)
+            if self.shared_pointer is not None:
+                time.sleep(self.POINTER_CHECK_INTERVAL_S)  # see the class docstring
             return candidate, previous
 
     def sync(self) -> None:
-        """Follow a reload done by another worker process (cheap: one stat per call)."""
+        """Follow a reload done by another worker process (one stat per check interval)."""
         if self.shared_pointer is None:
             return
+        now = time.monotonic()
+        if now < self._next_pointer_check:
+            return
+        self._next_pointer_check = now + self.POINTER_CHECK_INTERVAL_S
         try:
             stamp = self.shared_pointer.stat().st_mtime_ns
         except FileNotFoundError:
