@@ -270,8 +270,10 @@ def floor_app():
     return app
 
 
-def run_floor(workers: int, threads: int, records: list[dict], duration: float) -> dict:
-    """Closed-loop single-record loads (1 and 32 connections) against floor_app under gunicorn gthread."""
+def run_floor(
+    workers: int, threads: int, records: list[dict], duration: float, paced_rates: list[float]
+) -> dict:
+    """The single-record loads (1 and 32 connections, 32 paced) against floor_app under gunicorn gthread."""
     port = free_port_for_floor()
     log = open(SCRATCH / "api_bench_floor.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
@@ -303,6 +305,13 @@ def run_floor(workers: int, threads: int, records: list[dict], duration: float) 
             summary = run_load(port, singles, clients, min(duration, 10.0), 1, server_pid=server.pid)
             summary.pop("_checked")
             result[f"single_{clients}_client{'s' if clients > 1 else ''}"] = summary
+        result["single_32_clients_paced"] = []
+        for rate in paced_rates:
+            summary = run_load(
+                port, singles, CONCURRENCY, min(duration, 10.0), 1, rate=rate, server_pid=server.pid
+            )
+            summary.pop("_checked")
+            result["single_32_clients_paced"].append(summary)
         return result
     finally:
         server.terminate()
@@ -421,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     from tickguard.modelstore import read_card
     from tickguard.service.local import LocalService, free_port
 
+    paced_rates = [float(x) for x in args.paced_rates.split(",") if x.strip()]
     model_dir = pick_model(args.model)
     card = read_card(model_dir)
     features = list(card["features"])
@@ -475,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         single = run_load(port, singles, CONCURRENCY, duration, 1, server_pid=pid)
         single.pop("_checked")
         paced = []
-        for rate in (float(x) for x in args.paced_rates.split(",") if x.strip()):
+        for rate in paced_rates:
             print(f"api_bench: single-record, {CONCURRENCY} connections paced at {rate:g} req/s", flush=True)
             summary = run_load(port, singles, CONCURRENCY, min(duration, 10.0), 1, rate=rate, server_pid=pid)
             summary.pop("_checked")
@@ -491,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.skip_floor:
         print("api_bench: framework floor (minimal Flask app, same gunicorn settings)", flush=True)
-        results["flask_floor"] = run_floor(args.workers, args.threads, records, duration)
+        results["flask_floor"] = run_floor(args.workers, args.threads, records, duration, paced_rates)
 
     if not args.skip_naive:
         naive_port = free_port()
