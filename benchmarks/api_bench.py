@@ -9,6 +9,9 @@ Scenarios (each a fixed, short duration):
   floor   - the same single-record loads against a minimal Flask app under the same gunicorn
             settings (parse the JSON body, answer fixed JSON; no model, logs or metrics): the
             framework's own cost per request on this machine, the floor under any Flask service
+  in-process - the same single-record request as a WSGI call inside this process (no sockets, no
+            gunicorn) to tickguard's app, to the minimal app, and to tickguard with its request log
+            off: how much of a request's cost is the app itself
   naive   - the prototype's way (Flask dev server, model loaded per request, one row per request)
             under the same 32-connection load, for a side-by-side ratio
 
@@ -326,6 +329,67 @@ def free_port_for_floor() -> int:
     return free_port()
 
 
+def in_process_cost(model_dir: Path, records: list[dict], repeats: int = 3000) -> dict:
+    """Microseconds per single-record POST /predict called as WSGI in this process (no sockets, no
+    gunicorn): the app's own cost, for tickguard and for floor_app, and tickguard with INFO logs off."""
+    import dataclasses
+    import io
+    import logging
+
+    from tickguard.service.app import create_app
+    from tickguard.service.config import ServiceConfig
+
+    body = json.dumps(records[0]).encode()
+
+    def environ() -> dict:
+        return {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/predict",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+
+    def per_request_us(app) -> float:
+        statuses = []
+        for _ in range(repeats // 10):  # warm-up
+            b"".join(app(environ(), lambda status, headers, exc_info=None: statuses.append(status)))
+        started = time.perf_counter()
+        for _ in range(repeats):
+            b"".join(app(environ(), lambda status, headers, exc_info=None: statuses.append(status)))
+        elapsed = time.perf_counter() - started
+        if any(not status.startswith("200") for status in statuses):
+            raise RuntimeError(f"in-process requests failed: {sorted(set(statuses))}")
+        return round(elapsed / repeats * 1e6, 1)
+
+    config = dataclasses.replace(ServiceConfig.from_env(), model=str(model_dir), models_dir=model_dir.parent)
+    service_log = logging.getLogger("tickguard")
+    saved_handlers, saved_stderr = list(service_log.handlers), sys.stderr
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with open(SCRATCH / "api_bench_in_process.log", "w") as sink:
+        # The service logs to stderr, which gunicorn sends to a file: do the same here.
+        sys.stderr = sink
+        service_log.handlers = []
+        try:
+            app = create_app(config)
+            result = {"tickguard_us": per_request_us(app), "flask_floor_us": per_request_us(floor_app())}
+            service_log.setLevel(logging.WARNING)
+            result["tickguard_without_request_log_us"] = per_request_us(app)
+        finally:
+            sys.stderr = saved_stderr
+            service_log.handlers = saved_handlers
+            service_log.setLevel(config.log_level)
+    return result
+
+
 # ---- setup ----------------------------------------------------------------------------------------
 
 
@@ -457,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_only": model_only_timings(model_dir, rows),
     }
     print(f"api_bench: model only {results['model_only']}", flush=True)
+    results["in_process"] = in_process_cost(model_dir, records)
+    print(f"api_bench: in process {results['in_process']}", flush=True)
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
     with LocalService(
