@@ -277,7 +277,9 @@ def run_floor(
     workers: int, threads: int, records: list[dict], duration: float, paced_rates: list[float]
 ) -> dict:
     """The single-record loads (1 and 32 connections, 32 paced) against floor_app under gunicorn gthread."""
-    port = free_port_for_floor()
+    from tickguard.service.local import free_port
+
+    port = free_port()
     log = open(SCRATCH / "api_bench_floor.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
         [
@@ -320,13 +322,6 @@ def run_floor(
         server.terminate()
         server.wait(10)
         log.close()
-
-
-def free_port_for_floor() -> int:
-    """A free loopback port (the service's helper, imported late like the rest of tickguard)."""
-    from tickguard.service.local import free_port
-
-    return free_port()
 
 
 def in_process_cost(model_dir: Path, records: list[dict], repeats: int = 3000) -> dict:
