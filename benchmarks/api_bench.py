@@ -273,6 +273,25 @@ def floor_app():
     return app
 
 
+def single_record_loads(
+    port: int, singles: list[bytes], duration: float, paced_rates: list[float], server_pid: int
+) -> dict:
+    """The single-record scenarios: 32 connections closed loop, 32 paced at each rate, 1 connection."""
+    print(f"api_bench: single-record scenario ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
+    single = run_load(port, singles, CONCURRENCY, duration, 1, server_pid=server_pid)
+    paced = []
+    for rate in paced_rates:
+        print(f"api_bench: single-record, {CONCURRENCY} connections paced at {rate:g} req/s", flush=True)
+        paced.append(
+            run_load(port, singles, CONCURRENCY, min(duration, 10.0), 1, rate=rate, server_pid=server_pid)
+        )
+    print("api_bench: single-record scenario, 1 connection (service time)", flush=True)
+    single1 = run_load(port, singles, 1, min(duration, 10.0), 1, server_pid=server_pid)
+    for summary in (single, *paced, single1):
+        summary.pop("_checked")
+    return {"single_32_clients": single, "single_32_clients_paced": paced, "single_1_client": single1}
+
+
 def run_floor(
     workers: int, threads: int, records: list[dict], duration: float, paced_rates: list[float]
 ) -> dict:
@@ -305,19 +324,7 @@ def run_floor(
     try:
         wait_ready(port, "/predict", json.dumps(records[0]).encode())
         singles = [http_request("/predict", json.dumps(r).encode(), port) for r in records[:500]]
-        result = {}
-        for clients in (1, CONCURRENCY):
-            summary = run_load(port, singles, clients, min(duration, 10.0), 1, server_pid=server.pid)
-            summary.pop("_checked")
-            result[f"single_{clients}_client{'s' if clients > 1 else ''}"] = summary
-        result["single_32_clients_paced"] = []
-        for rate in paced_rates:
-            summary = run_load(
-                port, singles, CONCURRENCY, min(duration, 10.0), 1, rate=rate, server_pid=server.pid
-            )
-            summary.pop("_checked")
-            result["single_32_clients_paced"].append(summary)
-        return result
+        return single_record_loads(port, singles, duration, paced_rates, server.pid)
     finally:
         server.terminate()
         server.wait(10)
@@ -542,24 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             port, batches, args.batch_clients, duration, BATCH_ROWS, check_every=20, server_pid=pid
         )
         check_batch_responses(batch.pop("_checked"))
-        print(f"api_bench: single-record scenario ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
-        single = run_load(port, singles, CONCURRENCY, duration, 1, server_pid=pid)
-        single.pop("_checked")
-        paced = []
-        for rate in paced_rates:
-            print(f"api_bench: single-record, {CONCURRENCY} connections paced at {rate:g} req/s", flush=True)
-            summary = run_load(port, singles, CONCURRENCY, min(duration, 10.0), 1, rate=rate, server_pid=pid)
-            summary.pop("_checked")
-            paced.append(summary)
-        print("api_bench: single-record scenario, 1 connection (service time)", flush=True)
-        single1 = run_load(port, singles, 1, min(duration, 10.0), 1, server_pid=pid)
-        single1.pop("_checked")
-    results["tickguard"] = {
-        "batch_1000": batch,
-        "single_32_clients": single,
-        "single_32_clients_paced": paced,
-        "single_1_client": single1,
-    }
+        singles_results = single_record_loads(port, singles, duration, paced_rates, pid)
+    results["tickguard"] = {"batch_1000": batch, **singles_results}
+    single = singles_results["single_32_clients"]
+    paced = singles_results["single_32_clients_paced"]
     if not args.skip_floor:
         print("api_bench: framework floor (minimal Flask app, same gunicorn settings)", flush=True)
         results["flask_floor"] = run_floor(args.workers, args.threads, records, duration, paced_rates)

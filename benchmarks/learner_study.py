@@ -35,13 +35,14 @@ RECALL_TARGET = 0.80
 
 def pr_summary(y: np.ndarray, scores: np.ndarray) -> dict:
     """AP, the best precision at recall >= 0.80, and the recall at precision >= 0.90."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import average_precision_score
 
-    precision, recall, _ = precision_recall_curve(y, scores)
+    from tickguard.training.metrics import precision_at_recall, recall_at_precision
+
     return {
         "auprc": round(float(average_precision_score(y, scores)), 4),
-        "best_precision_at_recall_0.80": round(float(precision[recall >= RECALL_TARGET].max()), 3),
-        "recall_at_precision_0.90": round(float(recall[precision >= 0.90].max()), 3),
+        "best_precision_at_recall_0.80": round(precision_at_recall(y, scores, RECALL_TARGET), 3),
+        "recall_at_precision_0.90": round(recall_at_precision(y, scores, 0.90), 3),
     }
 
 

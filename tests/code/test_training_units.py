@@ -8,7 +8,12 @@ from sklearn.preprocessing import StandardScaler
 
 from tickguard.training import pipeline as pipeline_module
 from tickguard.training.features import FraudFeatures
-from tickguard.training.metrics import metrics_at, recall_at_precision, threshold_for_precision
+from tickguard.training.metrics import (
+    metrics_at,
+    precision_at_recall,
+    recall_at_precision,
+    threshold_for_precision,
+)
 from tickguard.training.pipeline import DEFAULT_PARAMS, ServingModel, build_pipeline
 from tickguard.training.tuning import cv_average_precision, subsample_negatives, time_folds
 
@@ -63,6 +68,13 @@ def test_threshold_is_the_lowest_meeting_the_precision_target():
     assert m["precision"] == 1.0 and m["recall"] == 0.8
     assert m["confusion_matrix"] == {"tn": 3, "fp": 0, "fn": 1, "tp": 4}
     assert recall_at_precision(y, s, 0.9) == 0.8
+
+
+def test_precision_at_recall_is_the_best_over_thresholds_reaching_the_recall():
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert precision_at_recall(y, s, 0.8) == 1.0  # threshold 0.5: four of five frauds, nothing else
+    assert precision_at_recall(y, s, 1.0) == 5 / 6  # all five frauds need 0.3, which lets in 0.4
 
 
 def test_threshold_falls_back_to_best_precision_when_target_unreachable():

@@ -33,6 +33,12 @@ def recall_at_precision(y_true: np.ndarray, scores: np.ndarray, min_precision: f
     return float(recall[ok].max()) if ok.any() else 0.0
 
 
+def precision_at_recall(y_true: np.ndarray, scores: np.ndarray, min_recall: float = 0.80) -> float:
+    """Best precision achievable with recall >= min_recall, at any threshold."""
+    precision, recall, _ = precision_recall_curve(y_true, scores)
+    return float(precision[recall >= min_recall].max())  # recall 1.0 is always on the curve
+
+
 def metrics_at(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """AUPRC, ROC-AUC, recall at precision >= 0.90 and the confusion matrix / P / R / F1 at threshold."""
     y_true = np.asarray(y_true).astype(int)
