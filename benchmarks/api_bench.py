@@ -20,7 +20,7 @@ The load generator is one asyncio process speaking raw HTTP/1.1 over keep-alive 
 pre-encoded requests (no HTTP library in the hot path), so it costs a few tens of microseconds
 per request and leaves the CPU to the server. Latency is measured per request, from the first
 byte sent (or, for a backlogged paced request, from when it was due) to the last byte received.
-The event loop's timers wake ~0.5 ms late (epoll sleeps in whole milliseconds); paced runs record
+The event loop's timers wake ~0.5-1 ms late (epoll sleeps in whole milliseconds); paced runs record
 that lateness apart (`generator_send_lateness_ms`) instead of charging it to the server. The
 machine's 2 cores are shared by server and client (and by anything else running), so the load
 average at start is recorded with the results.
@@ -78,11 +78,12 @@ async def _connection(
     """One client: send, wait for the whole response, repeat; reconnect when the server closes.
 
     With `interval` > 0 the client is paced (open loop): request k is due at start + k * interval.
-    When the connection is still waiting for an earlier answer at that time, the latency counts
-    from when the request was due, so time queued behind a slow response is included (no
-    coordinated omission). Otherwise it counts from when the request was sent: the event loop's
-    timers wake about half a millisecond late (epoll waits in whole milliseconds), and that delay
-    is the load generator's, not the server's; it is recorded apart as `send_lateness`.
+    When that time has passed before the client could send (its connection was still waiting for
+    an earlier answer, or the generator fell behind), the latency counts from when the request was
+    due, so time queued behind a slow response is included (no coordinated omission). Otherwise it
+    counts from when the request was sent: the event loop's timers wake ~0.5-1 ms late (epoll waits
+    in whole milliseconds), and that delay is the load generator's, not the server's; it is
+    recorded apart as `send_lateness`.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     index = 0
