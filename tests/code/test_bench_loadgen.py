@@ -1,8 +1,8 @@
 """The API benchmark's load generator (benchmarks.api_bench.run_load) against a local HTTP server.
 
-The benchmark's latency numbers are only as good as this accounting: a paced request that had to
-wait for an earlier answer on its connection counts from when it was due; one sent on time counts
-from when it was sent, its timer's lateness recorded apart.
+The benchmark's latency numbers are only as good as this accounting: a paced request that could not
+be sent on time (its connection still waited for an earlier answer) counts from when it was due; one
+sent on time counts from when it was sent, its timer's lateness recorded apart.
 """
 
 from __future__ import annotations
@@ -42,23 +42,26 @@ def _server(delay_s: float) -> ThreadingHTTPServer:
 
 
 @pytest.fixture
-def slow_server():
-    server = _server(0.04)
-    yield server.server_address[1]
-    server.shutdown()
+def http_server():
+    """Start servers with a given answer delay; returns their ports; shuts them down afterwards."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(delay_s: float) -> int:
+        servers.append(_server(delay_s))
+        return servers[-1].server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-@pytest.fixture
-def fast_server():
-    server = _server(0.0)
-    yield server.server_address[1]
-    server.shutdown()
-
-
-def test_paced_requests_queued_behind_slow_answers_count_from_when_they_were_due(slow_server) -> None:
+def test_paced_requests_queued_behind_slow_answers_count_from_when_they_were_due(http_server) -> None:
     # One connection due every 20 ms, answers take 40 ms: every request waits for the previous one.
-    requests = [http_request("/predict", b"{}", slow_server)]
-    summary = run_load(slow_server, requests, clients=1, duration=0.5, rows_per_request=1, rate=50)
+    port = http_server(0.04)
+    summary = run_load(
+        port, [http_request("/predict", b"{}", port)], clients=1, duration=0.5, rows_per_request=1, rate=50
+    )
     assert summary["errors"] == 0
     # Open loop: every request due in the measured half second is sent and measured, late or not.
     assert summary["requests"] >= 0.5 * 50 - 1
@@ -68,9 +71,11 @@ def test_paced_requests_queued_behind_slow_answers_count_from_when_they_were_due
     assert summary["latency_ms"]["max"] > 2 * 40.0
 
 
-def test_paced_requests_sent_on_time_record_the_generators_lateness_apart(fast_server) -> None:
-    requests = [http_request("/predict", b"{}", fast_server)]
-    summary = run_load(fast_server, requests, clients=2, duration=1.5, rows_per_request=1, rate=10)
+def test_paced_requests_sent_on_time_record_the_generators_lateness_apart(http_server) -> None:
+    port = http_server(0.0)
+    summary = run_load(
+        port, [http_request("/predict", b"{}", port)], clients=2, duration=1.5, rows_per_request=1, rate=10
+    )
     assert summary["errors"] == 0 and summary["requests"] >= 10
     lateness = summary["generator_send_lateness_ms"]
     # Every measured request is either backlogged or sent on time with its lateness recorded.
@@ -78,8 +83,10 @@ def test_paced_requests_sent_on_time_record_the_generators_lateness_apart(fast_s
     assert lateness["requests"] > 0 and lateness["p50"] >= 0.0
 
 
-def test_closed_loop_runs_carry_no_pacing_fields(fast_server) -> None:
-    requests = [http_request("/predict", b"{}", fast_server)]
-    summary = run_load(fast_server, requests, clients=2, duration=0.5, rows_per_request=1)
+def test_closed_loop_runs_carry_no_pacing_fields(http_server) -> None:
+    port = http_server(0.0)
+    summary = run_load(
+        port, [http_request("/predict", b"{}", port)], clients=2, duration=0.5, rows_per_request=1
+    )
     assert summary["errors"] == 0 and summary["requests"] > 0
     assert "backlogged_requests" not in summary and "generator_send_lateness_ms" not in summary
