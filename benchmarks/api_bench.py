@@ -285,6 +285,24 @@ def wait_ready(port: int, path: str, body: bytes, timeout: float = 60.0) -> None
     raise RuntimeError(f"server on port {port} not ready after {timeout:.0f}s")
 
 
+def single_requests(records: list[dict], port: int) -> list[bytes]:
+    """The single-record /predict requests every server gets: the first 500 records, pre-encoded."""
+    return [http_request("/predict", json.dumps(record).encode(), port) for record in records[:500]]
+
+
+@contextlib.contextmanager
+def server_process(command: list[str], port: int, log_name: str, records: list[dict]):
+    """Run a server subprocess (output to a scratch log) until the block ends; yields it once it answers."""
+    with open(SCRATCH / log_name, "wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            wait_ready(port, "/predict", json.dumps(records[0]).encode())
+            yield server
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
 # ---- the framework floor: Flask + gunicorn with nothing of ours -------------------------------------
 
 
@@ -332,36 +350,24 @@ def run_floor(
     from tickguard.service.local import free_port
 
     port = free_port()
-    log = open(SCRATCH / "api_bench_floor.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(threads),
-            "--keep-alive",
-            "15",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "benchmarks.api_bench:floor_app()",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        wait_ready(port, "/predict", json.dumps(records[0]).encode())
-        singles = [http_request("/predict", json.dumps(r).encode(), port) for r in records[:500]]
-        return single_record_loads(port, singles, duration, paced_rates, server.pid)
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--keep-alive",
+        "15",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "benchmarks.api_bench:floor_app()",
+    ]
+    with server_process(command, port, "api_bench_floor.log", records) as server:
+        return single_record_loads(port, single_requests(records, port), duration, paced_rates, server.pid)
 
 
 def in_process_cost(model_dir: Path, records: list[dict], repeats: int = 3000) -> dict:
@@ -576,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for i in range(0, len(rows), BATCH_ROWS)
         ]
-        singles = [http_request("/predict", json.dumps(record).encode(), port) for record in records[:500]]
+        singles = single_requests(records, port)
         print(f"api_bench: batch scenario ({args.batch_clients} connections, {duration:.0f}s)", flush=True)
         batch = run_load(
             port, batches, args.batch_clients, duration, BATCH_ROWS, check_every=20, server_pid=pid
@@ -593,24 +599,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_naive:
         naive_port = free_port()
         print(f"api_bench: naive baseline ({CONCURRENCY} connections, {duration:.0f}s)", flush=True)
-        naive_log = open(SCRATCH / "api_bench_naive.log", "wb")  # noqa: SIM115
-        naive = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.api_bench", "--naive-server", str(naive_port), str(model_dir)],
-            cwd=ROOT,
-            stdout=naive_log,
-            stderr=naive_log,
-        )
-        try:
-            wait_ready(naive_port, "/predict", json.dumps(records[0]).encode())
-            naive_singles = [
-                http_request("/predict", json.dumps(r).encode(), naive_port) for r in records[:500]
-            ]
-            naive_result = run_load(naive_port, naive_singles, CONCURRENCY, duration, 1)
-            naive_result.pop("_checked")
-        finally:
-            naive.terminate()
-            naive.wait(10)
-            naive_log.close()
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.api_bench",
+            "--naive-server",
+            str(naive_port),
+            str(model_dir),
+        ]
+        with server_process(command, naive_port, "api_bench_naive.log", records):
+            naive_result = run_load(
+                naive_port, single_requests(records, naive_port), CONCURRENCY, duration, 1
+            )
+        naive_result.pop("_checked")
         results["naive_baseline"] = {"single_32_clients": naive_result}
         results["ratios"] = {
             "batch_rows_per_s_vs_naive_rows_per_s": round(
