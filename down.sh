@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
+command -v docker >/dev/null || {
+  echo "down.sh: docker not found: nothing to stop (a './up.sh --local' stack stops with Ctrl-C)" >&2; exit 1
+}
 if docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null; then

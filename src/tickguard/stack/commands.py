@@ -45,14 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--source-tag", default=defaults.source_tag, help="value of tag 'source'")
     gen.add_argument("--data", help="creditcard.csv path (default: data/raw/creditcard.csv)")
     gen.add_argument("--json", action="store_true", help="print the final report as JSON")
-    gen.set_defaults(func=run_generate)
+    gen.set_defaults(func=run_generate, extras=("generate",))
 
     up = subparsers.add_parser(
         "up",
         help="run the whole pipeline (InfluxDB, Kapacitor, API, UDF, generator)",
-        description="Without Docker: `tickguard up --local` runs the native runtime from `make tick`.",
+        description=(
+            "Without Docker: `tickguard up --local` (what `./up.sh --local` runs) starts the REST API, the UDF "
+            "agent and the native influxd + kapacitord from `make tick`, then the generator; Ctrl-C stops all. "
+            "The Docker stack is `./up.sh`."
+        ),
+        add_help=False,  # -h is added after --local, so the usage line reads `tickguard up --local [-h] ...`
     )
     up.add_argument("--local", action="store_true", required=True, help="native runtime (no Docker)")
+    up.add_argument("-h", "--help", action="help", help="show this help message and exit")
     up.add_argument(
         "--rate", type=float, default=defaults.rate, help="generator points/s (default %(default)s)"
     )
@@ -63,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--workdir", help="where the servers keep data and logs (default .tick/local-stack)")
     up.add_argument("--models-dir", help="model versions directory (default <repo>/models)")
     up.add_argument("--model", default="production", help="model version to serve (default %(default)s)")
-    up.set_defaults(func=run_up)
+    up.set_defaults(func=run_up, extras=("serve", "agent", "generate"))
 
 
 def run_generate(args: argparse.Namespace) -> int:
