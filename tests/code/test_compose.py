@@ -62,16 +62,25 @@ def run_compose_config(env_file: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture
-def filled_env(tmp_path: Path) -> Path:
-    """.env.example with dummy secrets filled in, as up.sh would."""
+def write_filled_env(path: Path, overrides: dict[str, str] | None = None) -> Path:
+    """Write .env.example to `path` with dummy secrets filled in, as up.sh would, then `overrides` applied."""
+    overrides = dict(overrides or {})
     lines = []
     for line in ENV_EXAMPLE.read_text().splitlines():
         key = line.partition("=")[0]
-        lines.append(f"{key}=dummy-{key.lower()}" if key in SECRET_KEYS else line)
-    path = tmp_path / ".env"
+        if key in overrides:
+            lines.append(f"{key}={overrides.pop(key)}")
+        else:
+            lines.append(f"{key}=dummy-{key.lower()}" if key in SECRET_KEYS else line)
+    lines += [f"{key}={value}" for key, value in overrides.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def filled_env(tmp_path: Path) -> Path:
+    """.env.example with dummy secrets filled in, as up.sh would."""
+    return write_filled_env(tmp_path / ".env")
 
 
 @pytest.fixture(scope="module")
