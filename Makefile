@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## the Python venv with tickguard and its dev tools
 
-tick: ## build kapacitord/kapacitor 1.5.9 and influxd/influx 1.8.10 into .tick/bin (cached)
+tick: ## build kapacitord/kapacitor 1.7.6 and influxd/influx 1.8.10 into .tick/bin (cached)
 	@bash scripts/build-tick.sh
 
 data: venv ## fetch the credit-card fraud data set into data/raw (hash-verified)

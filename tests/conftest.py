@@ -9,6 +9,7 @@ if str(ROOT) not in sys.path:  # lets tests import `tests._deps` and `tests.fixt
 
 # Each plugin is owned by the area it serves; add a line, don't merge files.
 pytest_plugins = [
+    "tests.fixtures.tmp_hygiene",
     "tests.fixtures.runtime",
     "tests.fixtures.model",
     "tests.fixtures.service",

@@ -6,13 +6,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.tmp_hygiene import short_dir
 from tickguard.kapacitor_client import KapacitorError
 from tickguard.stack import tasks
 
@@ -40,7 +40,8 @@ def test_alerts_write_chronograf_alert_history_schema() -> None:
             ".measurement('alerts')",
             f".tag('alertName', '{task_id}')",
             ".tag('triggerType', 'threshold')",
-            ".log(alert_log)",
+            ".log(alert_json)",
+            ".exec('/bin/sh', alert_line, alert_log)",
         ):
             assert needle in script, f"{task_id} lacks {needle}"
 
@@ -76,7 +77,7 @@ def test_write_load_dir_replaces_stale_scripts(tmp_path: Path) -> None:
 @pytest.fixture
 def echo_agent() -> Iterator[Path]:
     """Our UDF agent in echo mode (no model needed) on a short socket path."""
-    directory = Path(tempfile.mkdtemp(prefix="tg-tasks-", dir="/tmp"))
+    directory = short_dir("tasks-")
     path = directory / "udf.sock"
     proc = subprocess.Popen(
         [
@@ -118,7 +119,7 @@ def test_kapacitor_accepts_and_starts_every_task(
 ) -> None:
     runtime = tick_runtime_factory(udfs={"tickguard": echo_agent})
     client = runtime.kapacitor_client()
-    overrides = {"alert_log": f"'{tmp_path / 'alerts.log'}'"}
+    overrides = tasks.alert_output_vars(tmp_path / "alerts.log", tmp_path / "alerts.json")
     for task_id, script in tasks.read_scripts().items():
         task = client.define_task(task_id, tasks.render_script(script, overrides), dbrps=[], enabled=True)
         assert task.enabled and task.executing, f"{task_id}: {task.error}"

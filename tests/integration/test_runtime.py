@@ -88,7 +88,7 @@ def shared_runtime(tick_binaries: TickBinaries, tmp_path_factory: pytest.TempPat
 
 
 def test_binaries_report_the_pinned_versions(tick_binaries: TickBinaries) -> None:
-    assert tick_binaries.kapacitord_version() == KAPACITOR_VERSION == "1.5.9"
+    assert tick_binaries.kapacitord_version() == KAPACITOR_VERSION == "1.7.6"
     assert tick_binaries.influxd_version() == INFLUXDB_VERSION == "1.8.10"
 
 
@@ -96,7 +96,7 @@ def test_servers_answer_ping_with_their_versions(shared_runtime: TickRuntime) ->
     influx_ping = requests.get(shared_runtime.influx_url + "/ping", timeout=5)
     assert influx_ping.status_code == 204
     assert influx_ping.headers["X-Influxdb-Version"].lstrip("v") == "1.8.10"
-    assert shared_runtime.kapacitor_client().ping() == "1.5.9"
+    assert shared_runtime.kapacitor_client().ping() == "1.7.6"
     assert shared_runtime.influx_url.startswith("http://127.0.0.1:")
     assert shared_runtime.kapacitor_url.startswith("http://127.0.0.1:")
 

@@ -51,7 +51,7 @@ class TickBinaries:
         return binary_version(self.require_servers().influxd)  # type: ignore[arg-type]
 
     def kapacitord_version(self) -> str:
-        """The version kapacitord reports, e.g. '1.5.9'."""
+        """The version kapacitord reports, e.g. '1.7.6'."""
         return binary_version(self.require_servers().kapacitord)  # type: ignore[arg-type]
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The versions `make tick` builds; the harness checks binaries against them on request.
-KAPACITOR_VERSION = "1.5.9"
+KAPACITOR_VERSION = "1.7.6"
 INFLUXDB_VERSION = "1.8.10"
 
 
