@@ -178,6 +178,12 @@ def resolved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
+def resolved_default(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The interpolated compose file for the default .env (for checks Slack does not change)."""
+    return resolved_compose(write_filled_env(tmp_path_factory.mktemp("compose-env") / ".env"))
+
+
+@pytest.fixture(scope="module")
 def kapacitor_conf(resolved: dict) -> Path:
     """The host file compose mounts as the container's kapacitor.conf."""
     source = Path(service_mounts(resolved, "kapacitor")[KAPACITOR_CONF_TARGET])
@@ -237,6 +243,12 @@ def namespace_command(mounts: dict[str, Path], command: list[str]) -> list[str]:
     parents = sorted({str(PurePosixPath(target).parent) for target in mounts})
     for parent in parents:
         assert parent != "/" and Path(parent).is_dir(), f"cannot mount over {parent}"
+        hidden = [
+            source
+            for source in mounts.values()
+            if Path(source).resolve().is_relative_to(Path(parent).resolve())
+        ]
+        assert not hidden, f"the tmpfs on {parent} would hide {hidden}: put them elsewhere"
     lines = ["set -eu"]
     lines += [f"mount -t tmpfs tickguard-test {shlex.quote(parent)}" for parent in parents]
     for target, source in mounts.items():
@@ -393,10 +405,10 @@ def test_compose_pins_the_server_versions_the_suite_runs(tick_binaries: TickBina
     assert pins["INFLUXDB_IMAGE"] == f"influxdb:{binary_version(tick_binaries.influxd)}"
 
 
-def test_compose_fits_the_kapacitor_image(resolved: dict) -> None:
+def test_compose_fits_the_kapacitor_image(resolved_default: dict) -> None:
     """compose's entrypoint wraps the image's, runs its command and mounts what the image reads."""
-    kapacitor = resolved["services"]["kapacitor"]
-    mounts = service_mounts(resolved, "kapacitor")
+    kapacitor = resolved_default["services"]["kapacitor"]
+    mounts = service_mounts(resolved_default, "kapacitor")
     wrapper = [target for target in mounts if target == kapacitor["entrypoint"][0]]
     assert wrapper, "compose's kapacitor entrypoint is not mounted"
     script = (COMPOSE_DIR / "kapacitor" / "entrypoint.sh").read_text()
@@ -456,7 +468,7 @@ def assert_fields(document: dict, fields: dict[str, type], where: str) -> None:
         assert ok, f"{where}: {key} must be {expected.__name__}, got {value!r}"
 
 
-def test_grafana_provisioning_files_match_grafanas_format(resolved: dict) -> None:
+def test_grafana_provisioning_files_match_grafanas_format(resolved_default: dict) -> None:
     datasources = yaml.safe_load((GRAFANA_PROVISIONING / "datasources" / "influxdb.yaml").read_text())
     assert set(datasources) == {"apiVersion", "datasources"} and datasources["apiVersion"] == 1
     defaults = 0
@@ -474,17 +486,17 @@ def test_grafana_provisioning_files_match_grafanas_format(resolved: dict) -> Non
         assert_fields(provider["options"], GRAFANA_FILE_PROVIDER_OPTIONS, f"providers[{index}].options")
 
     # The home dashboard compose names is one of the mounted dashboard files.
-    grafana_env = service_environment(resolved, "grafana")
-    mounts = service_mounts(resolved, "grafana")
+    grafana_env = service_environment(resolved_default, "grafana")
+    mounts = service_mounts(resolved_default, "grafana")
     home = PurePosixPath(grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     # The deepest mount holding the path is the one the container sees (grafana-data holds a bind mount).
     dashboards_target = max((t for t in mounts if home.is_relative_to(t)), key=len)
     assert (Path(mounts[dashboards_target]) / home.relative_to(dashboards_target)).is_file()
 
 
-def test_grafana_provisioning_variables_are_set_by_compose(resolved: dict) -> None:
+def test_grafana_provisioning_variables_are_set_by_compose(resolved_default: dict) -> None:
     """Grafana expands $VAR / ${VAR} in provisioning values from its environment; unset expands to ''."""
-    grafana_env = service_environment(resolved, "grafana")
+    grafana_env = service_environment(resolved_default, "grafana")
     used = set()
     for path in sorted(GRAFANA_PROVISIONING.rglob("*.yaml")):
         for name in re.findall(r"\$\{?(\w+)\}?", path.read_text()):
@@ -573,8 +585,8 @@ def assert_chronograf_fields(document: dict, fields: dict[str, Any], where: str)
     return normalised
 
 
-def test_chronograf_resources_load_like_chronograf(resolved: dict) -> None:
-    env = service_environment(resolved, "chronograf")
+def test_chronograf_resources_load_like_chronograf(resolved_default: dict) -> None:
+    env = service_environment(resolved_default, "chronograf")
     sources = [
         assert_chronograf_fields(render_chronograf_resource(p, env), CHRONOGRAF_SOURCE_FIELDS, p.name)
         for p in sorted(CHRONOGRAF_RESOURCES.glob("*.src"))
