@@ -15,6 +15,8 @@ for script in "$src"/*.tick; do
     sed -i "s|^var $name = .*|var $name = $value|" "$target"
   done
 done
+# The alert log exists from the start, so `tail -f` on it works before the first alert.
+touch /var/lib/kapacitor/alerts.log
 chown -R kapacitor:kapacitor /var/lib/kapacitor 2>/dev/null || true
 echo "tickguard: loading $(ls "$dst" | tr '\n' ' ')from $dst"
 exec /entrypoint.sh "$@"

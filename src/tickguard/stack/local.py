@@ -11,8 +11,8 @@ images under Docker); point them at the printed URLs if you have them.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 UDF_NAME = "tickguard"
 STATUS_EVERY_S = 10.0
+WATCH_EVERY_S = 0.5
+ARRIVAL_WAIT_S = 15.0  # how long the end-of-replay report waits for the last points to be scored
 
 
 def _free_port() -> int:
@@ -146,7 +148,8 @@ class LocalStack:
         # Unix socket paths are limited to ~107 bytes, so the socket lives in a short /tmp directory.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="tg-udf-", dir="/tmp"))
         self.socket_path = self._socket_dir / "udf.sock"
-        self.alert_log = self.workdir / "alerts.log"
+        self.alert_log = self.workdir / "alerts.log"  # one human-readable line per alert
+        self.alert_json = self.workdir / "alerts.json"  # the same alerts as Kapacitor's JSON records
         self.load_dir = self.workdir / "kapacitor-load"
         self.api: ChildProcess | None = None
         self.udf: ChildProcess | None = None
@@ -200,8 +203,13 @@ class LocalStack:
         try:
             self._start_api(logs)
             self._start_udf(logs)
-            overrides = {"alert_log": f"'{self.alert_log}'", **stack_tasks.vars_from_env(), **self.task_vars}
+            overrides = {
+                **stack_tasks.alert_output_vars(self.alert_log, self.alert_json),
+                **stack_tasks.vars_from_env(),
+                **self.task_vars,
+            }
             stack_tasks.write_load_dir(self.load_dir, overrides)
+            self.alert_log.touch()  # `tail -f` works before the first alert
             tick_dir = self.workdir / "tick"
             shutil.rmtree(tick_dir, ignore_errors=True)  # fresh servers: no stale tasks or subscriptions
             self.runtime = TickRuntime(
@@ -347,6 +355,19 @@ class LocalStack:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
+    def process_ids(self) -> dict[str, int]:
+        """Name -> pid of every process of the stack running now (each leads its own session)."""
+        running = {
+            child.name: child.proc.pid
+            for child in (self.api, self.udf, self.watchdog)
+            if child is not None and child.proc is not None and child.running()
+        }
+        if self.runtime is not None:
+            for server in (self.runtime.influx, self.runtime.kapacitor):
+                if server is not None and server.pid is not None:
+                    running[server.name] = server.pid
+        return running
+
     # -- looking at the data --------------------------------------------------------------------------
     def query(self, influxql: str, database: str = DATABASE) -> list[dict]:
         """Rows of an InfluxQL query as dicts (column -> value)."""
@@ -359,7 +380,8 @@ class LocalStack:
 
     def generator(self, rate: float, count: int | None, loop: bool, logs: Path | None = None) -> ChildProcess:
         """Start `tickguard generate` against this stack's InfluxDB (not started yet: call .start())."""
-        argv = ["generate", "--url", self.influx_url, "--rate", str(rate), "--shuffle"]
+        # --json: the last line of its log is the final report, which run_local_stack reads back.
+        argv = ["generate", "--url", self.influx_url, "--rate", str(rate), "--shuffle", "--json"]
         argv += ["--count", str(count)] if count else ["--duration", "87600h"]
         if loop:
             argv.append("--loop")
@@ -377,6 +399,83 @@ def _stop_on_signals() -> None:
         signal.signal(signum, _interrupt)
 
 
+def _scored_count_command(stack: LocalStack) -> str:
+    """The curl command that counts the scored points (what a user checks first)."""
+    return (
+        f"curl -sG '{stack.influx_url}/query' --data-urlencode 'db={DATABASE}' "
+        f"--data-urlencode 'q=SELECT count(score) FROM {SCORED_MEASUREMENT}'"
+    )
+
+
+def _generator_report(gen: ChildProcess) -> dict | None:
+    """The generator's final report: the JSON object on the last line of its log (None if it has none)."""
+    lines = _log_tail(gen.log_path, 1).splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _report_generator_finished(stack: LocalStack, gen: ChildProcess) -> None:
+    """Say that the replay is over, how many points it wrote and reached the scored measurement, and what
+    to look at next."""
+    report = _generator_report(gen)
+    code = gen.proc.returncode if gen.proc is not None else None
+    if report is None:
+        print(f"\ngenerator exited (code {code}) without a report; its log: {gen.log_path}", flush=True)
+        written = None
+    else:
+        written = int(report["written"])
+        failed = f", {report['failed']} failed (see {gen.log_path})" if report.get("failed") else ""
+        print(
+            f"\ngenerator finished: {written} points written in {float(report['elapsed_s']):.1f} s{failed}.",
+            flush=True,
+        )
+    # Scored points trail the writes by the pipeline's latency (well under a second): wait a little.
+    deadline = time.monotonic() + ARRIVAL_WAIT_S
+    scored = stack.scored_count()
+    while written is not None and scored < written and time.monotonic() < deadline:
+        time.sleep(0.5)
+        scored = stack.scored_count()
+    of_written = f" of {written}" if written is not None else ""
+    print(
+        f"""{scored}{of_written} points are in {DATABASE}.{SCORED_MEASUREMENT}. Look at:
+  scored points  {_scored_count_command(stack)}
+  alerts         tail -f {stack.alert_log}   (JSON records: {stack.alert_json})
+  more points    tickguard generate --url {stack.influx_url} --count 1000
+The stack keeps running: Ctrl-C (or kill -TERM {os.getpid()}) stops everything.""",
+        flush=True,
+    )
+
+
+def _still_running(pid: int) -> bool:
+    """True while process `pid` or any process of its group exists (gunicorn workers, alert handlers)."""
+    for probe in (os.kill, os.killpg):
+        try:
+            probe(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return True
+        return True
+    return False
+
+
+def _confirm_stopped(pids: dict[str, int]) -> bool:
+    """Print, for each process the stack ran, whether it is gone; True when all are."""
+    if not pids:
+        return True
+    left = {name: pid for name, pid in pids.items() if _still_running(pid)}
+    for name, pid in pids.items():
+        print(f"  {name} (pid {pid}): {'STILL RUNNING' if name in left else 'stopped'}", flush=True)
+    if left:
+        print(f"tickguard up --local: {len(left)} process(es) did not stop: kill them by pid", flush=True)
+    else:
+        print("tickguard up --local: everything stopped.", flush=True)
+    return not left
+
+
 def run_local_stack(
     rate: float = 50.0,
     count: int | None = None,
@@ -385,69 +484,81 @@ def run_local_stack(
     models_dir: str | None = None,
     model: str = "production",
 ) -> int:
-    """Run the local stack until Ctrl-C, printing where to look and a status line now and then."""
+    """Run the local stack until Ctrl-C or SIGTERM, printing where to look and a status line now and then;
+    on the way out, confirm that every process it started is gone (exit code 1 if one is not)."""
     workdir_path = Path(workdir) if workdir else stack_tasks.repo_root() / ".tick" / "local-stack"
     _stop_on_signals()
     stack = LocalStack(workdir_path, models_dir=models_dir, model=model)
-    print("tickguard up --local: starting API, UDF agent, InfluxDB and Kapacitor ...", flush=True)
-    stack.start()
     gen = None
+    pids: dict[str, int] = {}
     try:
+        print("tickguard up --local: starting API, UDF agent, InfluxDB and Kapacitor ...", flush=True)
+        stack.start()
         if generator:
             gen = stack.generator(rate, count, loop=count is None)
             gen.start()
-        gen_text = (
-            f"{rate} points/s" if generator else f"off (run: tickguard generate --url {stack.influx_url})"
-        )
+        if count and generator:
+            gen_text = f"{count} points at {rate} points/s, then it stops (the stack keeps running)"
+        elif generator:
+            gen_text = f"{rate} points/s until Ctrl-C"
+        else:
+            gen_text = f"off (run: tickguard generate --url {stack.influx_url})"
         print(
             f"""
 tickguard local stack is running (loopback only, InfluxDB without authentication):
   InfluxDB    {stack.influx_url}   database {DATABASE}: transactions, {SCORED_MEASUREMENT}
   Kapacitor   {stack.kapacitor_url}/kapacitor/v1/tasks   tasks: {", ".join(stack_tasks.TASK_IDS)}
   REST API    {stack.api_url}/model
-  Alerts      {stack.alert_log}  and InfluxDB chronograf.autogen.alerts
+  Alerts      tail -f {stack.alert_log}   (JSON records: {stack.alert_json}; InfluxDB chronograf.autogen.alerts)
   Logs        {stack.workdir / "logs"}  and {stack.workdir / "tick"}/*/ (server logs)
   Generator   {gen_text}
-Try: curl -G '{stack.influx_url}/query' --data-urlencode 'db={DATABASE}' \\
-       --data-urlencode 'q=SELECT count(score) FROM {SCORED_MEASUREMENT}'
-Ctrl-C stops everything.""",
+Try: {_scored_count_command(stack)}
+Ctrl-C (or kill -TERM {os.getpid()}) stops everything.""",
             flush=True,
         )
-        while True:
-            time.sleep(STATUS_EVERY_S)
-            for child in (stack.api, stack.udf):
-                if child is not None and not child.running():
-                    raise child.fail("stopped unexpectedly")
-            state = "running" if gen and gen.running() else "finished" if gen else "off"
-            with contextlib.suppress(Exception):
-                print(f"  scored points so far: {stack.scored_count()} (generator {state})", flush=True)
+        _watch(stack, gen)
     except KeyboardInterrupt:
         print("\ntickguard up --local: stopping ...", flush=True)
     finally:
+        pids = stack.process_ids()
+        if gen is not None and gen.running() and gen.proc is not None:
+            pids = {gen.name: gen.proc.pid, **pids}
         if gen is not None:
             gen.stop()
         stack.stop()
-    return 0
+    return 0 if _confirm_stopped(pids) else 1
+
+
+def _watch(stack: LocalStack, gen: ChildProcess | None) -> None:
+    """Until interrupted: fail when the API or the agent dies, report the generator's end once, and print
+    the scored count every STATUS_EVERY_S while it changes."""
+    next_status = time.monotonic() + STATUS_EVERY_S
+    last_count = None
+    finished_reported = False
+    while True:
+        time.sleep(WATCH_EVERY_S)
+        for child in (stack.api, stack.udf):
+            if child is not None and not child.running():
+                raise child.fail("stopped unexpectedly")
+        if gen is not None and not finished_reported and not gen.running():
+            finished_reported = True
+            with contextlib.suppress(Exception):
+                _report_generator_finished(stack, gen)
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_EVERY_S
+            with contextlib.suppress(Exception):
+                count = stack.scored_count()
+                if count != last_count:
+                    state = "running" if gen and gen.running() else "finished" if gen else "off"
+                    print(f"  scored points so far: {count} (generator {state})", flush=True)
+                last_count = count
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tickguard.stack.local`: same as `tickguard up --local`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=50.0, help="generator points/s (default %(default)s)")
-    parser.add_argument("--count", type=int, help="generator stops after this many points (default: loop)")
-    parser.add_argument("--no-generator", action="store_true", help="do not replay data")
-    parser.add_argument("--workdir", help="data and logs (default .tick/local-stack)")
-    parser.add_argument("--models-dir", help="model versions directory (default <repo>/models)")
-    parser.add_argument("--model", default="production", help="model version to serve (default %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run_local_stack(
-            args.rate, args.count, not args.no_generator, args.workdir, args.models_dir, args.model
-        )
-    except TickguardError as exc:
-        print(f"tickguard up --local: error: {exc}", file=sys.stderr)
-        return 1
+    """`python -m tickguard.stack.local [options]`: the same command as `tickguard up --local [options]`."""
+    from tickguard.cli import main as cli_main
+
+    return cli_main(["up", "--local", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

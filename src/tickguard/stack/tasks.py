@@ -26,6 +26,30 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def alert_line_script() -> Path:
+    """compose/kapacitor/alert-line.sh: the tasks' `.exec()` handler writing one log line per alert."""
+    return repo_root() / "compose" / "kapacitor" / "alert-line.sh"
+
+
+def alert_output_vars(alert_log: Path, alert_json: Path) -> dict[str, str]:
+    """TICKscript overrides sending every alert as one line to `alert_log` and as a JSON record to `alert_json`.
+
+    Compose keeps the scripts' defaults (under /var/lib/kapacitor, handler script mounted in /etc/tickguard);
+    local mode and the tests point them at their own files with this.
+    """
+    paths = {
+        "alert_log": alert_log,
+        "alert_json": alert_json,
+        "alert_line": alert_line_script(),
+    }
+    for name, path in paths.items():
+        if "'" in str(path) or "\\" in str(path):
+            raise TickguardError(
+                f"{name}: {path} cannot be written as a TICKscript string (quote or backslash)"
+            )
+    return {name: f"'{path}'" for name, path in paths.items()}
+
+
 def tasks_dir() -> Path:
     """Where the TICKscripts live: $TICKGUARD_TASKS_DIR or <repo>/compose/kapacitor/tasks."""
     path = Path(os.environ.get("TICKGUARD_TASKS_DIR") or repo_root() / "compose" / "kapacitor" / "tasks")

@@ -1,0 +1,124 @@
+"""The alert TICKscripts on the real kapacitord: one alert id per flagged transaction, and each alert as one
+human-readable line in the alert log plus one JSON record in alerts.json.
+
+No UDF is needed: the alert tasks read transactions_scored, so the test writes scored points directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tickguard.stack import tasks
+
+pytestmark = pytest.mark.tick
+
+GROUP_IDLE = "1s"  # fraud_alert's group_idle, short so the test sees the groups deleted
+LINE = re.compile(
+    r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z) (?P<level>[A-Z]+) (?P<id>\S+)  (?P<message>.+)$"
+)
+
+
+def poll(check, timeout: float, interval: float = 0.25):
+    """Call check() until it returns something truthy or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def scored_point(txid: str, amount: float, score: float, anomaly: bool, time_ns: int) -> str:
+    flag = "true" if anomaly else "false"
+    return (
+        f'transactions_scored,source=test txid="{txid}",Amount={amount},score={score},'
+        f"anomaly={flag},scored=true,Class=1i {time_ns}"
+    )
+
+
+@pytest.fixture
+def fraud_alert(tick_runtime, tmp_path: Path):
+    """tick_runtime with the fraud_alert task defined from its file, writing its alerts under tmp_path."""
+    outputs = {"log": tmp_path / "alerts.log", "json": tmp_path / "alerts.json"}
+    overrides = {**tasks.alert_output_vars(outputs["log"], outputs["json"]), "group_idle": GROUP_IDLE}
+    script = tasks.render_script(tasks.read_scripts()["fraud_alert"], overrides)
+    tick_runtime.create_database("fraud")
+    task = tick_runtime.kapacitor_client().define_task("fraud_alert", script, dbrps=[], enabled=True)
+    assert task.executing, task.error
+    return tick_runtime, outputs
+
+
+def test_each_flagged_transaction_is_its_own_alert_with_one_line_and_one_json_record(fraud_alert) -> None:
+    runtime, outputs = fraud_alert
+    now = time.time_ns()
+    runtime.influx.write_lines(
+        [
+            scored_point("tx101", 12.5, 0.9871, True, now),
+            scored_point("tx202", 480.0, 0.9512, True, now + 2_000_000_000),  # 2 s later: not one alert
+            scored_point("tx303", 3.0, 0.0100, False, now + 3_000_000_000),  # not flagged: no alert
+        ],
+        "fraud",
+    )
+
+    def history():
+        try:
+            rows = runtime.influx.select(
+                'SELECT "value", "duration", "message", "txid", "level", "alertID" FROM "alerts"',
+                "chronograf",
+            )
+        except Exception:  # the chronograf database appears with the first alert
+            return []
+        return rows if len(rows) >= 2 else []
+
+    rows = poll(history, 30)
+    assert {r["alertID"] for r in rows} == {"fraud_alert:tx101", "fraud_alert:tx202"}, rows
+    assert len(rows) == 2
+    for row in rows:
+        assert row["duration"] == 0, row  # a fixed id would give the second alert a duration of 2 s
+        assert row["level"] == "CRITICAL"
+        assert row["alertID"] == f"fraud_alert:{row['txid']}"
+        assert f"txid {row['txid']}" in row["message"]
+    tag_keys = {t["tagKey"] for t in runtime.influx.select('SHOW TAG KEYS FROM "alerts"', "chronograf")}
+    assert "alert_txid" not in tag_keys, "the grouping helper tag must not reach the alert history"
+
+    lines = poll(lambda: _lines(outputs["log"], 2), 15)
+    parsed = sorted((LINE.match(line) for line in lines), key=lambda m: m and m["id"])
+    assert all(parsed), f"not '<time> <level> <id>  <message>' lines:\n{lines}"
+    assert [(m["level"], m["id"], m["message"]) for m in parsed] == [
+        ("CRITICAL", "fraud_alert:tx101", "Suspected fraud: txid tx101, amount 12.5, score 0.987"),
+        ("CRITICAL", "fraud_alert:tx202", "Suspected fraud: txid tx202, amount 480, score 0.951"),
+    ]
+
+    records = [json.loads(line) for line in poll(lambda: _lines(outputs["json"], 2), 15)]
+    assert sorted(r["id"] for r in records) == ["fraud_alert:tx101", "fraud_alert:tx202"]
+    assert all(r["level"] == "CRITICAL" and r["duration"] == 0 for r in records)
+    assert {m["time"] for m in parsed} == {r["time"] for r in records}, "the line and the record disagree"
+
+
+def test_flagged_transaction_groups_are_deleted_when_idle(fraud_alert) -> None:
+    """Memory: the per-transaction groups do not pile up in the task (group_idle, then deleted)."""
+    runtime, outputs = fraud_alert
+    now = time.time_ns()
+    runtime.influx.write_lines(
+        [scored_point(f"tx{i}", 1.0, 0.99, True, now + i * 1_000_000) for i in range(1, 21)], "fraud"
+    )
+    assert poll(lambda: _lines(outputs["log"], 20), 30), "20 flagged points did not give 20 alert lines"
+    client = runtime.kapacitor_client()
+
+    def alert_cardinality() -> int:
+        stats = client.get_task("fraud_alert").stats.get("node-stats", {})
+        (node,) = [name for name in stats if name.startswith("alert")]
+        return int(stats[node]["working_cardinality"])
+
+    assert poll(lambda: alert_cardinality() == 0, 20, 0.5), f"groups still open: {alert_cardinality()}"
+
+
+def _lines(path: Path, at_least: int) -> list[str]:
+    """The file's lines once it has at least `at_least` of them, else []."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return lines if len(lines) >= at_least else []
