@@ -6,6 +6,8 @@ One stack for the module (starting it costs seconds and CPU): the tests run in f
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -133,13 +135,27 @@ def test_alerts_reach_chronograf_alert_history(stack, replayed) -> None:
     assert {a["txid"] for a in alerts} == flagged
     for alert in alerts:
         assert alert["level"] == "CRITICAL"
-        assert alert["alertID"] == "fraud_alert"
+        assert alert["alertID"] == f"fraud_alert:{alert['txid']}"  # one alert per transaction
+        assert alert["duration"] == 0
         assert alert["txid"] in alert["message"] and "score" in alert["message"]
         assert isinstance(alert["value"], float)
     tags = stack.query('SHOW TAG KEYS FROM "alerts"', database="chronograf")
     assert {"alertName", "alertID", "level", "triggerType"} <= {t["tagKey"] for t in tags}
-    logged = [line for line in Path(stack.alert_log).read_text().splitlines() if '"id":"fraud_alert"' in line]
-    assert len(logged) == len(flagged)
+
+    # alerts.log: one human-readable line per alert; alerts.json: the same alerts as Kapacitor's JSON.
+    def fraud_lines() -> list[str]:  # the .exec() handler writes them a moment after the alert
+        found = [
+            line for line in stack.alert_log.read_text().splitlines() if " CRITICAL fraud_alert:tx" in line
+        ]
+        return found if len(found) >= len(flagged) else []
+
+    lines = poll(fraud_lines, 15)
+    assert {line.split()[2].removeprefix("fraud_alert:") for line in lines} == flagged
+    assert len(lines) == len(flagged) and all("Suspected fraud: txid" in line for line in lines)
+    records = [json.loads(line) for line in stack.alert_json.read_text().splitlines()]
+    assert sorted(r["id"] for r in records if r["id"].startswith("fraud_alert:")) == sorted(
+        f"fraud_alert:{txid}" for txid in flagged
+    )
 
 
 def test_every_grafana_panel_query_returns_data(stack, replayed) -> None:
@@ -201,6 +217,12 @@ def test_anomaly_rate_alert_fires_and_scoring_errors_stays_quiet(stack, replayed
     assert alerts, "anomaly_rate raised no alert"
     assert {a["level"] for a in alerts} <= {"WARNING", "CRITICAL", "OK"}
     assert any(a["level"] in {"WARNING", "CRITICAL"} and a["value"] > 0.01 for a in alerts)
+    logged = poll(
+        lambda: [line for line in stack.alert_log.read_text().splitlines() if " anomaly_rate  " in line], 15
+    )
+    assert logged and re.match(
+        r"\S+Z (WARNING|CRITICAL) anomaly_rate  0\.\d{4} of the transactions", logged[0]
+    )
     errors = stack.query(
         'SELECT "level" FROM "alerts" WHERE "alertName" = \'scoring_errors\'', database="chronograf"
     )
