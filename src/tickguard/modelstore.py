@@ -11,6 +11,10 @@ backfill read it):
 
 Pickle files run code when loaded, so `load_model` checks the file's sha256 against the card
 before unpickling anything.
+
+Reading cards and hashing files needs only the standard library, so the light commands (`tickguard
+data fetch`, `serve`'s argument checks) work without the numeric stack; numpy, joblib and the model's
+own libraries are imported by the functions that load or score a model.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tickguard.errors import ModelIntegrityError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_FILE = "model.joblib"
 CARD_FILE = "model_card.json"
@@ -79,6 +84,7 @@ class ModelArtifact:
 
     def reference_score(self, X: np.ndarray) -> np.ndarray:
         """Fraud probabilities from the estimator itself (what the compiled scorer must reproduce)."""
+        import numpy as np
         import sklearn
 
         # Callers pass validated finite input; sklearn's own scan per pipeline step is repeated work.
@@ -144,6 +150,8 @@ def probe_rows(features: list[str], n: int = 2048, seed: int = 7) -> np.ndarray:
     PCA components are drawn wide (several standard deviations) so the rows reach the trees' rare
     branches as well as the common ones; Time covers two days, Amount spans cents to thousands.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     rows = rng.normal(0.0, 3.0, size=(n, len(features)))
     for column, name in enumerate(features):

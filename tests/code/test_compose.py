@@ -217,6 +217,20 @@ def test_dockerfiles_of_built_services_exist(compose: dict) -> None:
             assert dockerfile.is_file(), f"service {name}: {dockerfile} missing"
 
 
+def test_each_built_service_has_its_own_image(compose: dict) -> None:
+    """Folder = compose service = hostname = image name: the generator no longer borrows jupyter's image."""
+    built = {name: spec for name, spec in compose["services"].items() if "build" in spec}
+    assert set(built) == {"api", "udf", "generator", "jupyter"}
+    for name, spec in built.items():
+        assert Path(spec["build"]["dockerfile"]).parent.name == name, spec["build"]
+        assert spec["image"] == f"tickguard-{name}:local"
+        assert spec["hostname"] == name
+    assert built["generator"]["build"]["dockerfile"] == "compose/generator/Dockerfile"
+    mounts = dict(v.split(":")[:2] for v in built["generator"]["volumes"])
+    assert mounts["../data"] == "/app/data"
+    assert built["generator"]["environment"]["TICKGUARD_DATA_DIR"] == "/app/data/raw"
+
+
 def test_tickvar_substitution_matches_the_container_entrypoint(tmp_path: Path) -> None:
     """entrypoint.sh (sed) and tickguard.stack.tasks (Python) rewrite `var` lines the same way."""
     script = COMPOSE_DIR / "kapacitor" / "tasks" / "anomaly_rate.tick"

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     udf.add_argument(
         "--kapacitor-url", help="also run the watchdog against this Kapacitor (TICKGUARD_KAPACITOR_URL)"
     )
-    udf.set_defaults(func=run_udf)
+    udf.set_defaults(func=run_udf, extras=("agent",))
 
     watchdog = subparsers.add_parser(
         "watchdog",
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--interval", type=float, help="seconds between polls (TICKGUARD_WATCHDOG_INTERVAL)"
     )
     watchdog.add_argument("--once", action="store_true", help="poll once and exit")
-    watchdog.set_defaults(func=run_watchdog)
+    watchdog.set_defaults(func=run_watchdog, extras=("agent",))
 
 
 def _wait_for_signal(stop) -> None:

@@ -10,6 +10,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Shapes of a scored point (TICKGUARD_UDF_OUTPUT, `.output()`); here, not in `options`, so `tickguard
+# backfill --output` can offer them without importing the protocol bindings.
+OUTPUT_FULL = "full"  # the input point (tags and every field) plus the agent's fields
+OUTPUT_LEAN = "lean"  # tags, string/bool input fields (txid), `keep` numeric fields and the agent's fields
+OUTPUTS = (OUTPUT_FULL, OUTPUT_LEAN)
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -56,7 +62,7 @@ def _env(env: dict, name: str, default: str) -> str:
 def output_shape(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     """(TICKGUARD_UDF_OUTPUT, TICKGUARD_UDF_KEEP_FIELDS): the shape of scored points, shared with backfill."""
     # Keep unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
-    return _env(env, "TICKGUARD_UDF_OUTPUT", "lean"), field_names(
+    return _env(env, "TICKGUARD_UDF_OUTPUT", OUTPUT_LEAN), field_names(
         env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class")
     )
 

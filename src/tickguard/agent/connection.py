@@ -20,14 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from google.protobuf.message import DecodeError
 
 from tickguard.agent import udf_pb2 as pb
-from tickguard.agent.config import AgentSettings
+from tickguard.agent.config import OUTPUT_LEAN, AgentSettings
 from tickguard.agent.encode import ScoredFieldsEncoder
 from tickguard.agent.framing import FrameReader, FramingError, classify, frame, varint
 from tickguard.agent.metrics import AgentMetrics
 from tickguard.agent.options import (
     MODE_ECHO,
     MODE_NAIVE,
-    OUTPUT_LEAN,
     OptionError,
     TaskOptions,
     defaults,

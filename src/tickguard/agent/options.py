@@ -11,15 +11,12 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from tickguard.agent import udf_pb2 as pb
-from tickguard.agent.config import AgentSettings, field_names
+from tickguard.agent.config import OUTPUT_FULL, OUTPUTS, AgentSettings, field_names
 
 MODE_SCORE = "score"
 MODE_ECHO = "echo"
 MODE_NAIVE = "naive"
 MODES = (MODE_SCORE, MODE_ECHO, MODE_NAIVE)
-OUTPUT_FULL = "full"  # the input point (tags and every field) plus the agent's fields
-OUTPUT_LEAN = "lean"  # tags, string/bool input fields (txid), `keep` numeric fields and the agent's fields
-OUTPUTS = (OUTPUT_FULL, OUTPUT_LEAN)
 
 # name -> value type of its single argument
 DECLARED_OPTIONS: dict[str, int] = {

@@ -8,15 +8,8 @@ import numpy as np
 import pandas as pd
 
 from tickguard.data.config import data_settings
+from tickguard.data.schema import COLUMNS, FEATURES, TARGET, DataSchemaError, check_columns, read_header
 from tickguard.errors import TickguardError
-
-TIME = "Time"
-AMOUNT = "Amount"
-TARGET = "Class"
-PCA_FEATURES: tuple[str, ...] = tuple(f"V{i}" for i in range(1, 29))
-# Model inputs, in the column order every model expects (the model card repeats this list).
-FEATURES: tuple[str, ...] = (TIME, *PCA_FEATURES, AMOUNT)
-COLUMNS: tuple[str, ...] = (*FEATURES, TARGET)
 
 EXPECTED_ROWS = 284_807
 EXPECTED_FRAUDS = 492
@@ -30,30 +23,6 @@ SPLIT_DEFINITION = {
     ),
     "stratified": "sklearn train_test_split(test_size=0.2, stratify=Class, random_state=42)",
 }
-
-
-class DataSchemaError(TickguardError):
-    """The CSV does not have the columns of the Kaggle credit-card data set."""
-
-
-def check_columns(columns: list[str] | tuple[str, ...], source: str = "data") -> None:
-    """Raise DataSchemaError naming the missing and the unexpected columns, if any."""
-    actual = list(columns)
-    missing = [c for c in COLUMNS if c not in actual]
-    extra = [c for c in actual if c not in COLUMNS]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing columns: {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected columns: {', '.join(extra)}")
-        raise DataSchemaError(f"{source} is not the credit-card fraud data set ({'; '.join(parts)})")
-
-
-def read_header(path: Path | str) -> list[str]:
-    """The column names from the first line of a CSV file."""
-    with open(path, encoding="utf-8") as fh:
-        return [name.strip().strip('"') for name in fh.readline().rstrip("\r\n").split(",")]
 
 
 def default_csv_path() -> Path:

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from tickguard.data import config
-from tickguard.data.dataset import check_columns, read_header
+from tickguard.data.schema import check_columns, read_header
 from tickguard.errors import TickguardError
 from tickguard.modelstore import sha256_of
 
@@ -139,7 +139,9 @@ def register(subparsers) -> None:
     fetch_p.add_argument(
         "--force", action="store_true", help="re-extract even if data/raw/creditcard.csv exists"
     )
-    fetch_p.set_defaults(func=cmd_fetch)
+    # `command` names the full subcommand in messages ("tickguard data info: ..."); argparse lets a
+    # subparser's defaults override the parent's `dest`.
+    fetch_p.set_defaults(func=cmd_fetch, command="data fetch")
     info_p = sub.add_parser("info", help="row/fraud counts and the split sizes")
     info_p.add_argument("path", nargs="?", default=None, help="CSV path (default data/raw/creditcard.csv)")
-    info_p.set_defaults(func=cmd_info)
+    info_p.set_defaults(func=cmd_info, command="data info", extras=("train",))

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("TICKGUARD_MODELS_DIR") or DEFAULT_MODELS_DIR,
         help="directory of model versions (default models)",
     )
-    parser.set_defaults(func=serve)
+    parser.set_defaults(func=serve, extras=("serve",))
 
 
 def serve(args: argparse.Namespace) -> int:

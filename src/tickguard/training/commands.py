@@ -93,11 +93,11 @@ def register(subparsers) -> None:
     train_p.add_argument(
         "--promote", action="store_true", help="point models/production at the result (always for full runs)"
     )
-    train_p.set_defaults(func=cmd_train)
+    train_p.set_defaults(func=cmd_train, extras=("train",))
 
     eval_p = subparsers.add_parser("evaluate", help="score the time-ordered holdout with a model")
     eval_p.add_argument("model", nargs="?", default="production", help="version, path or 'production'")
     eval_p.add_argument("--data", type=Path, default=None, help="CSV (default data/raw/creditcard.csv)")
     eval_p.add_argument("--json", action="store_true", help="print the report as JSON")
     eval_p.add_argument("--check-targets", action="store_true", help="exit 1 if a quality target is missed")
-    eval_p.set_defaults(func=cmd_evaluate)
+    eval_p.set_defaults(func=cmd_evaluate, extras=("train", "serve"))
