@@ -1,8 +1,8 @@
 """The `tickguard` command line: one subcommand per capability, each registered by its own module.
 
-A plain `pip install tickguard` has no third-party dependencies: each image installs only the extra its
-command runs (pyproject.toml). So registration imports light modules only, and a command whose extra is
-missing stops here with one line naming it, instead of an ImportError from deep inside the command.
+Installed without extras, tickguard has no third-party dependencies: each image installs only the extra
+its command runs (pyproject.toml). So registration imports light modules only, and a command whose extra
+is missing stops here with one line naming it, instead of an ImportError from deep inside the command.
 """
 
 from __future__ import annotations
