@@ -38,33 +38,52 @@ find_go() {
   return 1
 }
 
-# Fallback for a machine without Go: Debian's golang-go (1.19 in bookworm, verified to build both servers).
-install_debian_go() {
-  command -v apt-get >/dev/null 2>&1 || return 1
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; } || return 1
-    sudo="sudo -n"
+# Kapacitor 1.7's go.mod asks for Go 1.22; 1.5.9 builds with 1.19.
+case "$KAPACITOR_VERSION" in
+  1.5.*) GO_MINOR_NEEDED=19 ;;
+  *) GO_MINOR_NEEDED=22 ;;
+esac
+# The Go release fetched when the machine has no Go (or too old a one): the module proxy serves Go
+# distributions as the module golang.org/toolchain (what GOTOOLCHAIN downloads use), so no other host is needed.
+GO_FALLBACK_VERSION=1.24.6
+
+go_minor() { go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+
+go_is_recent() { find_go && [ "$(go_minor)" -ge "$GO_MINOR_NEEDED" ] 2>/dev/null; }
+
+install_proxy_go() {
+  local arch
+  case "$(uname -m)" in
+    x86_64) arch=amd64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) return 1 ;;
+  esac
+  local dest="$CACHE_DIR/go-$GO_FALLBACK_VERSION" proxy="${GOPROXY:-https://proxy.golang.org}"
+  proxy="${proxy%%,*}"
+  if [ ! -x "$dest/bin/go" ]; then
+    command -v curl >/dev/null 2>&1 || return 1
+    local module="golang.org/toolchain@v0.0.1-go$GO_FALLBACK_VERSION.linux-$arch" tmp
+    log "Go >= 1.$GO_MINOR_NEEDED not found: fetching Go $GO_FALLBACK_VERSION from the module proxy ($module, ~80 MB)..."
+    tmp="$(mktemp -d)"
+    curl -fsSL -o "$tmp/go.zip" "$proxy/golang.org/toolchain/@v/v0.0.1-go$GO_FALLBACK_VERSION.linux-$arch.zip" ||
+      { rm -rf "$tmp"; return 1; }
+    python3 -m zipfile -e "$tmp/go.zip" "$tmp/x" || { rm -rf "$tmp"; return 1; }
+    # zipfile drops the executable bits.
+    chmod -R a+x "$tmp/x/$module/bin" "$tmp/x/$module/pkg/tool"
+    rm -rf "$dest" && mkdir -p "$CACHE_DIR" && mv "$tmp/x/$module" "$dest" && rm -rf "$tmp"
   fi
-  log "Go not found: installing Debian's golang-go with apt-get (TICKGUARD_NO_APT=1 forbids this)..."
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq golang-go
+  export PATH="$dest/bin:$PATH"
 }
 
-if ! find_go; then
-  if [ "${TICKGUARD_NO_APT:-0}" != 1 ] && install_debian_go && find_go; then
-    log "using $(go version)"
+if ! go_is_recent; then
+  if install_proxy_go && go_is_recent; then
+    log "using $(go version) from $CACHE_DIR/go-$GO_FALLBACK_VERSION"
   else
-    die "the Go toolchain ('go') is not on PATH and could not be installed. Install Go >= 1.19 \
-(https://go.dev/dl/ or Debian's golang-go) and re-run 'make tick'."
+    die "Go >= 1.$GO_MINOR_NEEDED is needed to build Kapacitor $KAPACITOR_VERSION and could not be fetched \
+(found: $(go version 2>/dev/null || echo none)). Install Go (https://go.dev/dl/) and re-run 'make tick'."
   fi
 fi
-
 GO_VERSION="$(go env GOVERSION)"
-case "$GO_VERSION" in
-  go1.1[0-8] | go1.1[0-8].* | go1.[0-9] | go1.[0-9].*)
-    die "Go $GO_VERSION ($(command -v go)) is too old to build these servers; need Go >= 1.19."
-    ;;
-esac
 
 # The build never needs the repo's or the user's Go settings: no vendoring, no VCS stamping, module mode on.
 export GO111MODULE=on
@@ -129,6 +148,13 @@ PKG_CONFIG_VERSION=v0.2.12
 
 # prepare_libflux_toolchain : set PKG_CONFIG, RUSTC_WRAPPER, RUSTUP_TOOLCHAIN and cgo for the flux build.
 prepare_libflux_toolchain() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "  Rust not found: installing Debian's cargo with apt-get (flux pins Rust 1.58; bookworm has 1.63)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo
+  fi
   command -v cargo >/dev/null 2>&1 || die "Kapacitor $KAPACITOR_VERSION needs Rust (cargo) for flux's libflux: \
 install it with rustup (https://rustup.rs) or Debian's cargo, then re-run 'make tick'"
   command -v gcc >/dev/null 2>&1 || die "Kapacitor $KAPACITOR_VERSION needs a C compiler (gcc) for cgo"

@@ -56,6 +56,8 @@ def _server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment minus KAPACITOR_*/INFLUXDB_* (both daemons read those as config overrides),
     plus `extra` (e.g. GOGC for one daemon)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAPACITOR_", "INFLUXDB_"))}
+    # Without HOME, kapacitord 1.7's Snowflake driver creates .cache/snowflake in the working directory.
+    env.setdefault("HOME", str(Path.home()))
     return {**env, **(extra or {})}
 
 
