@@ -41,6 +41,10 @@ init_env() {
   # finds the compose file through COMPOSE_FILE in .env. Absolute, because compose resolves a relative
   # one against the working directory; rewritten on every run, so a moved checkout is followed.
   set_env_value COMPOSE_FILE "$ROOT/compose/docker-compose.yml"
+  # jupyter runs as the invoking user, so notebooks it saves into notebooks/ stay theirs (any uid, not
+  # just 1000); kept if already set, so a sudo run does not switch the owner to root.
+  grep -q '^HOST_UID=.' .env || set_env_value HOST_UID "$(id -u)"
+  grep -q '^HOST_GID=.' .env || set_env_value HOST_GID "$(id -g)"
 }
 
 if [ "${1:-}" = "--init-env" ]; then

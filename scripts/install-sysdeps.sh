@@ -2,6 +2,8 @@
 # Install the Debian packages tickguard's build and tests need, only when one is missing.
 set -euo pipefail
 packages=(git make gcc python3-venv curl ca-certificates docker-compose)  # docker-compose: validates compose/docker-compose.yml in tests
+# debootstrap, iproute2 (ip): tests/images builds each image's root filesystem and runs it in namespaces
+packages+=(debootstrap iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
