@@ -2,12 +2,14 @@
 # Build the real TICK servers the tests and local mode run against, from the Go module proxy:
 #   Kapacitor 1.7.6  -> kapacitord, kapacitor   (the version compose pins; needs flux's Rust libflux)
 #   InfluxDB  1.8.10 -> influxd, influx
-# TICKGUARD_KAPACITOR_VERSION=1.5.9 builds the previous test Kapacitor instead (pure Go), for comparisons.
+# TICKGUARD_KAPACITOR_VERSION=1.5.9 builds the previous test Kapacitor (pure Go) into .tick/kapacitor-1.5.9/bin,
+# for comparisons (TICKGUARD_TICK_BIN=.tick/kapacitor-1.5.9/bin selects it).
 # Binaries live in a cache outside the repo (${TICKGUARD_CACHE:-$HOME/.cache/tickguard}); the repo only gets
 # symlinks in .tick/bin/. A second run with the same versions and Go toolchain only re-links (seconds).
 set -euo pipefail
 
-KAPACITOR_VERSION="${TICKGUARD_KAPACITOR_VERSION:-1.7.6}"
+DEFAULT_KAPACITOR_VERSION=1.7.6
+KAPACITOR_VERSION="${TICKGUARD_KAPACITOR_VERSION:-$DEFAULT_KAPACITOR_VERSION}"
 INFLUXDB_VERSION=1.8.10
 # Kapacitor's codec dependency; its code-generation base64 alphabet ("...89__") repeats a symbol, which
 # Go >= 1.22 rejects with a panic at package init. We build against a copy whose last '_' is a '-'.
@@ -17,6 +19,11 @@ UGORJI_VERSION=v0.0.0-20170312112114-708a42d24682
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${TICKGUARD_CACHE:-$HOME/.cache/tickguard}"
 BIN_LINK_DIR="$REPO_ROOT/.tick/bin"
+# Another Kapacitor gets its own link directory (select it with TICKGUARD_TICK_BIN=<that dir>), so building
+# it for a comparison never changes what the suite and local mode run.
+if [ "$KAPACITOR_VERSION" != "$DEFAULT_KAPACITOR_VERSION" ]; then
+  BIN_LINK_DIR="$REPO_ROOT/.tick/kapacitor-$KAPACITOR_VERSION/bin"
+fi
 BUILD_JOBS="${TICKGUARD_BUILD_JOBS:-2}"
 
 log() { echo "build-tick: $*"; }
