@@ -28,8 +28,9 @@ venv: $(VENV)/.installed ## the Python venv with tickguard and its dev tools
 tick: ## build kapacitord/kapacitor 1.7.6 and influxd/influx 1.8.10 into .tick/bin (cached)
 	@bash scripts/build-tick.sh
 
-data: venv ## fetch the credit-card fraud data set into data/raw (hash-verified)
-	$(VENV)/bin/tickguard data fetch
+data: venv ## fetch the bundled detectors' data sets (fraud, shuttle) into data/raw (hash-verified)
+	$(VENV)/bin/tickguard data fetch --detector fraud
+	$(VENV)/bin/tickguard data fetch --detector shuttle
 
 proto: venv ## regenerate the UDF protocol bindings from udf/udf.proto
 	$(PY) -m grpc_tools.protoc -Iudf --python_out=src/tickguard/agent --pyi_out=src/tickguard/agent udf/udf.proto

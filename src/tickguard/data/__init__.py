@@ -1,4 +1,4 @@
-"""The credit-card fraud data set: fetch, load, validate, split (public API used by the generator too).
+"""Detectors' data sets: fetch, load, validate, split (public API used by the generator too).
 
 The schema names come from `schema` (standard library only); the loading and splitting functions live
 in `dataset` (pandas) and are imported on first use, so `tickguard data fetch` and the other light
@@ -16,9 +16,19 @@ from tickguard.data.schema import (
     TIME,
     DataSchemaError,
     check_columns,
+    detector_columns,
 )
 
-_FROM_DATASET = ("SPLIT_DEFINITION", "features_and_target", "load_dataset", "stratified_split", "time_split")
+_FROM_DATASET = (
+    "ELAPSED",
+    "SPLIT_DEFINITION",
+    "features_and_target",
+    "load_dataset",
+    "load_detector_frame",
+    "load_detector_frame",
+    "stratified_split",
+    "time_split",
+)
 
 __all__ = [
     "AMOUNT",
@@ -29,9 +39,12 @@ __all__ = [
     "TARGET",
     "TIME",
     "DataSchemaError",
+    "ELAPSED",
     "check_columns",
+    "detector_columns",
     "features_and_target",
     "load_dataset",
+    "load_detector_frame",
     "stratified_split",
     "time_split",
 ]
