@@ -24,6 +24,7 @@ from tickguard.errors import TickguardError
 COMMAND_MODULES: list[str] = [
     "tickguard.service.cli",
     "tickguard.data.fetch",
+    "tickguard.detectors.cli",
     "tickguard.training.commands",
     "tickguard.stack.commands",
     "tickguard.agent.cli",
