@@ -14,15 +14,8 @@ import requests
 
 from tickguard.cli import main as tickguard_main
 from tickguard.errors import TickguardError
-from tickguard.ops.backfill import (
-    Backfiller,
-    encode_line,
-    encode_value,
-    feature_row,
-    label_of,
-    parse_duration_ns,
-    parse_time,
-)
+from tickguard.influx import encode_line, format_field, parse_duration_ns, parse_time
+from tickguard.ops.backfill import Backfiller, feature_row, label_of
 from tickguard.stack.generator import txid_for
 
 NOW = 1_800_000_000_000_000_000
@@ -62,13 +55,13 @@ def test_parse_duration_combines_units() -> None:
 
 
 def test_values_are_encoded_with_the_type_influxdb_has_for_the_field() -> None:
-    assert encode_value(0, "float") == "0.0"  # InfluxDB's JSON turns the float 0.0 into 0
-    assert encode_value(1, "integer") == "1i"
-    assert encode_value('say "hi" \\', "string") == '"say \\"hi\\" \\\\"'
-    assert encode_value(True, "boolean") == "true"
-    assert encode_value(None, "float") is None
-    assert encode_value(math.nan, None) is None  # InfluxDB cannot store NaN: the field is left out
-    line = encode_line("m s", {"b": "x y", "a": "1,2", "empty": ""}, {"f=1": "1.5"}, 42)
+    assert format_field(0, "float") == "0.0"  # InfluxDB's JSON turns the float 0.0 into 0
+    assert format_field(1, "integer") == "1i"
+    assert format_field('say "hi" \\', "string") == '"say \\"hi\\" \\\\"'
+    assert format_field(True, "boolean") == "true"
+    assert format_field(None, "float") is None
+    assert format_field(math.nan, None) is None  # InfluxDB cannot store NaN: the field is left out
+    line = encode_line("m s", {"b": "x y", "a": "1,2", "empty": ""}, {"f=1": 1.5}, 42)
     assert line == "m\\ s,a=1\\,2,b=x\\ y f\\=1=1.5 42"
 
 

@@ -133,7 +133,8 @@ def _backfill_after_heals(watchdog, settings) -> None:
         return
     from tickguard.ops.backfill import heal_hook
 
-    watchdog.add_callback(heal_hook())
+    # The healed task's own options, source and output decide what the backfill writes (read from Kapacitor).
+    watchdog.add_callback(heal_hook(kapacitor_url=watchdog.client.url, udf_names=watchdog.udf_names))
     log.info("backfill after heal is on: a healed task's outage is re-scored from InfluxDB")
 
 

@@ -59,6 +59,12 @@ def _env(env: dict, name: str, default: str) -> str:
     return default if value is None or value == "" else value
 
 
+def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
+    """The variable when set, even to '' (which means "none"); `default` only when it is unset."""
+    value = env.get(name)
+    return default if value is None else value.strip()
+
+
 def output_shape(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
     """(TICKGUARD_UDF_OUTPUT, TICKGUARD_UDF_KEEP_FIELDS): the shape of scored points, shared with backfill."""
     # Keep unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
@@ -92,7 +98,8 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         max_in_flight=int(_env(env, "TICKGUARD_UDF_MAX_IN_FLIGHT", "2")),
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
-        label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        # Set but empty = no label field, as `.labelField('')` in a task: no tp/fp/fn/tn.
+        label_field=_env_or_empty(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
         output=output,
         keep_fields=keep_fields,
         metrics_host=_env(env, "TICKGUARD_UDF_METRICS_HOST", "127.0.0.1"),

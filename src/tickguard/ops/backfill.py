@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,127 +30,24 @@ import requests
 
 from tickguard.agent.config import OUTPUT_LEAN
 from tickguard.errors import TickguardError
+from tickguard.influx import (
+    NUMERIC_TYPES,
+    InfluxClient,
+    encode_line,
+    format_time,
+    iter_rows,
+    quote_ident,
+    time_range,
+)
 from tickguard.ops.config import BackfillSettings, backfill_settings
 
 log = logging.getLogger(__name__)
 
 TXID_FIELD = "txid"
 BACKFILLED_FIELD = "backfilled"
-_NUMERIC = frozenset({"float", "integer"})  # InfluxDB field types a lean point drops (unless kept)
+_NUMERIC = frozenset(NUMERIC_TYPES)  # InfluxDB field types a lean point drops (unless kept)
 PROGRESS_EVERY_S = 5.0
 MAX_BUCKETS = 2000  # density buckets of one planning query
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-    "d": 86_400_000_000_000,
-    "w": 604_800_000_000_000,
-}
-
-
-# ---- time ranges ------------------------------------------------------------------------------------
-
-
-def parse_duration_ns(text: str) -> int:
-    """Nanoseconds of an InfluxQL-style duration: '90s', '5m', '1h30m', '250ms', '2d'."""
-    compact = text.strip().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not compact or "".join(value + unit for value, unit in parts) != compact:
-        raise TickguardError(f"duration {text!r}: expected e.g. 90s, 5m, 1h30m, 250ms, 2d")
-    return int(sum(float(value) * _UNIT_NS[unit] for value, unit in parts))
-
-
-def parse_time(text: str, now_ns: int | None = None) -> int:
-    """Nanoseconds since the epoch from 'now', 'now-10m' / '-10m', RFC 3339 / ISO 8601, or epoch digits.
-
-    Bare digits are read as seconds (10 digits or fewer), milliseconds (13), or nanoseconds (19).
-    """
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    value = text.strip()
-    if value == "now":
-        return now_ns
-    relative = re.fullmatch(r"(?:now)?\s*([+-])\s*(.+)", value)
-    if relative and not re.fullmatch(r"[+-]?\d+", value):
-        offset = parse_duration_ns(relative.group(2))
-        return now_ns - offset if relative.group(1) == "-" else now_ns + offset
-    if re.fullmatch(r"\d+", value):
-        number = int(value)
-        if len(value) <= 10:
-            return number * 1_000_000_000
-        if len(value) <= 13:
-            return number * 1_000_000
-        if len(value) <= 16:
-            return number * 1_000
-        return number
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise TickguardError(
-            f"time {text!r}: expected now, now-10m, -10m, an RFC 3339 time such as "
-            "2026-11-27T12:00:00Z, or epoch seconds/ms/ns"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    # datetime keeps microseconds only: add back the nanoseconds of a 9-digit fraction.
-    fraction = re.search(r"\.(\d{7,9})", value)
-    extra = int(fraction.group(1).ljust(9, "0")[6:]) if fraction else 0
-    return int(parsed.timestamp()) * 1_000_000_000 + parsed.microsecond * 1_000 + extra
-
-
-def format_time(ns: int) -> str:
-    """RFC 3339 with nanoseconds, for logs and reports."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rest:09d}Z"
-
-
-# ---- line protocol ----------------------------------------------------------------------------------
-
-
-def _escape_key(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _escape_measurement(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
-
-
-def _escape_string(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def encode_value(value: Any, field_type: str | None) -> str | None:
-    """One field value in line protocol, typed as InfluxDB knows the field; None when it cannot be written.
-
-    InfluxDB's JSON gives whole floats as integers (1.0 -> 1), so the declared type decides, not Python's.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or field_type == "boolean":
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return None
-    if isinstance(value, str) or field_type == "string":
-        return f'"{_escape_string(str(value))}"'
-    if field_type == "integer":
-        return f"{int(value)}i"
-    if isinstance(value, int | float):
-        number = float(value)
-        return repr(number) if math.isfinite(number) else None
-    return None
-
-
-def encode_line(measurement: str, tags: dict[str, str], fields: dict[str, str], time_ns: int) -> str:
-    """A line of line protocol from already-encoded field values."""
-    tag_text = "".join(
-        f",{_escape_key(key)}={_escape_key(value)}" for key, value in sorted(tags.items()) if value != ""
-    )
-    field_text = ",".join(f"{_escape_key(name)}={value}" for name, value in fields.items())
-    return f"{_escape_measurement(measurement)}{tag_text} {field_text} {time_ns}"
 
 
 # ---- HTTP with retries --------------------------------------------------------------------------------
@@ -183,70 +79,17 @@ def request_with_retries(
     raise TickguardError(last)
 
 
-# ---- InfluxDB ---------------------------------------------------------------------------------------
-
-
-class InfluxQL:
-    """The InfluxDB 1.x HTTP API: InfluxQL queries and line-protocol writes, with retries."""
-
-    def __init__(self, settings: BackfillSettings):
-        self.settings = settings
-        self.session = requests.Session()
-        if settings.username:
-            self.session.auth = (settings.username, settings.password)
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return request_with_retries(
-            self.session, self.settings, "InfluxDB", self.settings.influx_url, method, path, **kwargs
-        )
-
-    def query(self, influxql: str) -> list[dict[str, Any]]:
-        """Series of one statement (each with 'columns', 'values' and maybe 'tags'); times in ns."""
-        params = {"db": self.settings.database, "q": influxql, "epoch": "ns"}
-        response = self._request("POST", "/query", data=params)
-        if response.status_code == 401:
-            raise TickguardError(
-                "InfluxDB refused the credentials (set TICKGUARD_INFLUXDB_USER/_PASSWORD or --user)"
-            )
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise TickguardError(
-                f"InfluxDB query failed ({response.status_code}): {response.text[:300]}"
-            ) from None
-        results = body.get("results") or [{}]
-        error = body.get("error") or results[0].get("error")
-        if error:
-            if "database not found" in error:
-                raise TickguardError(f"InfluxDB has no database {self.settings.database!r}")
-            raise TickguardError(f"InfluxDB query {influxql!r} failed: {error}")
-        return results[0].get("series") or []
-
-    def write(self, lines: list[str], retention_policy: str) -> None:
-        """Write lines (ns precision); raise TickguardError naming InfluxDB's reason on a refusal."""
-        params = {"db": self.settings.database, "rp": retention_policy, "precision": "ns"}
-        response = self._request("POST", "/write", params=params, data="\n".join(lines).encode())
-        if response.status_code != 204:
-            raise TickguardError(
-                f"InfluxDB refused a backfill write ({response.status_code}): {response.text[:300]}"
-            )
-
-    def field_types(self, measurement: str) -> dict[str, str]:
-        """Field name -> InfluxDB type (float, integer, string, boolean); the first type wins on conflicts."""
-        types: dict[str, str] = {}
-        for series in self.query(f'SHOW FIELD KEYS FROM "{measurement}"'):
-            for name, kind in series.get("values") or []:
-                types.setdefault(name, kind)
-        return types
-
-
-def _rows(series: list[dict[str, Any]]) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
-    """(tags, row) for every row of a query's series; the row maps column -> value, including time."""
-    for one in series:
-        tags = {key: value for key, value in (one.get("tags") or {}).items() if value not in (None, "")}
-        columns = one["columns"]
-        for values in one.get("values") or []:
-            yield tags, dict(zip(columns, values, strict=True))
+def influx_client(settings: BackfillSettings) -> InfluxClient:
+    """The InfluxDB client of a backfill: reads from the settings' database, writes to its retention policy."""
+    return InfluxClient(
+        settings.influx_url,
+        username=settings.username,
+        password=settings.password,
+        database=settings.database,
+        retention_policy=settings.retention_policy,
+        timeout_s=settings.timeout_s,
+        retries=settings.retries,
+    )
 
 
 # ---- scoring ----------------------------------------------------------------------------------------
@@ -299,9 +142,9 @@ class ScoringApi:
             self._features = features
         return self._features
 
-    def score(self, rows: list[list[float]]) -> Scores:
-        """Scores of rows given in `features()` order."""
-        body = orjson.dumps({"columns": list(self.features()), "data": rows})
+    def score(self, rows: list[list[float]], columns: tuple[str, ...] | None = None) -> Scores:
+        """Scores of rows given in `columns` order (default: `features()`, the served model's)."""
+        body = orjson.dumps({"columns": list(columns or self.features()), "data": rows})
         response = self._post_or_get(
             "POST", "/predict", data=body, headers={"Content-Type": "application/json"}
         )
@@ -322,10 +165,11 @@ class ScoringApi:
         )
 
 
-def feature_row(row: dict[str, Any], features: tuple[str, ...]) -> tuple[list[float] | None, str]:
-    """The point's feature values in model order, or why it cannot be scored (naming the field)."""
+def feature_row(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[list[float] | None, str]:
+    """The point's values of `fields` (the model's features, in its order), or why it cannot be scored (naming
+    the field)."""
     values: list[float] = []
-    for name in features:
+    for name in fields:
         value = row.get(name)
         if value is None:
             return None, f"missing feature field '{name}'"
@@ -418,7 +262,7 @@ class Backfiller:
         self.rescore_all = rescore_all
         self.dry_run = dry_run
         self.progress = progress
-        self.influx = InfluxQL(self.settings)
+        self.influx = influx_client(self.settings)
         self.api = ScoringApi(self.settings)
         self.skipped_points = 0  # points of the last plan in buckets that needed nothing
 
@@ -428,16 +272,16 @@ class Backfiller:
         span = max(1, end_ns - start_ns + 1)
         bucket = max(1_000_000_000, -(-span // MAX_BUCKETS))
         bucket = -(-bucket // 1_000_000_000) * 1_000_000_000  # whole seconds for GROUP BY time()
-        source = self.settings.source_measurement
+        source = quote_ident(self.settings.source_measurement)
         series = self.influx.query(
-            f'SELECT count(*) FROM "{source}" WHERE time >= {start_ns} AND time <= {end_ns} '
+            f"SELECT count(*) FROM {source} WHERE {time_range(start_ns, end_ns, end_inclusive=True)} "
             f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
         )
         done = self._done_per_bucket(start_ns, end_ns, bucket)
         self.skipped_points = 0
         windows: list[tuple[int, int, int]] = []
         current_from, current_count = None, 0
-        for _tags, row in _rows(series):
+        for _tags, row in iter_rows(series):
             count = max((v for k, v in row.items() if k != "time" and isinstance(v, int)), default=0)
             if count and done.get(int(row["time"]), 0) >= count:
                 self.skipped_points += count  # every point here already has its counterpart: nothing to read
@@ -466,10 +310,11 @@ class Backfiller:
             return {}
         field_name = self.settings.score_field if self.rescore_unscored else "scored"
         series = self.influx.query(
-            f'SELECT count("{field_name}") FROM "{self.target}" WHERE time >= {start_ns} AND time <= {end_ns} '
+            f"SELECT count({quote_ident(field_name)}) FROM {quote_ident(self.target)} "
+            f"WHERE {time_range(start_ns, end_ns, end_inclusive=True)} "
             f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
         )
-        return {int(row["time"]): int(row.get("count") or 0) for _tags, row in _rows(series)}
+        return {int(row["time"]): int(row.get("count") or 0) for _tags, row in iter_rows(series)}
 
     # -- matching -------------------------------------------------------------------------------------
     def counterparts(self, low: int, high: int) -> dict[int, list[tuple[str | None, bool]]]:
@@ -477,11 +322,12 @@ class Backfiller:
         index: dict[int, list[tuple[str | None, bool]]] = {}
         if self.rescore_all:
             return index
-        series = self.influx.query(
-            f'SELECT "scored", "{TXID_FIELD}", "{self.settings.score_field}" FROM "{self.target}" '
-            f"WHERE time >= {low} AND time < {high}"
+        score_field = self.settings.score_field
+        columns = ", ".join(quote_ident(name) for name in ("scored", TXID_FIELD, score_field))
+        rows = self.influx.rows(
+            f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}"
         )
-        for _tags, row in _rows(series):
+        for _tags, row in rows:
             scored = row.get("scored") is True and row.get(self.settings.score_field) is not None
             index.setdefault(int(row["time"]), []).append((row.get(TXID_FIELD), scored))
         return index
@@ -510,18 +356,19 @@ class Backfiller:
         if not types:
             report.elapsed_s = time.monotonic() - started
             return report
-        features = self.api.features() if not self.dry_run else ()
+        features = self.feature_fields() if not self.dry_run else ()
         windows = self.plan_windows(start_ns, end_ns)
         report.source_points += self.skipped_points
         report.already_scored += self.skipped_points
         for low, high, _count in windows:
             report.windows += 1
             index = self.counterparts(low, high)
-            series = self.influx.query(
-                f'SELECT * FROM "{source}" WHERE time >= {low} AND time < {high} GROUP BY *'
+            rows = self.influx.rows(
+                f"SELECT {self.select_list(types)} FROM {quote_ident(source)} "
+                f"WHERE {time_range(low, high)} GROUP BY *"
             )
             pending: list[tuple[dict[str, str], dict[str, Any], bool]] = []
-            for tags, row in _rows(series):
+            for tags, row in rows:
                 report.source_points += 1
                 status = self.match(index.get(int(row["time"])), row.get(TXID_FIELD))
                 if status is True:
@@ -544,15 +391,33 @@ class Backfiller:
         report.elapsed_s = time.monotonic() - started
         return report
 
+    def feature_fields(self) -> tuple[tuple[str, str], ...]:
+        """(model feature, point field) pairs in the model's order: the task's `.fields()` mapping when it has
+        one, else the served model's features read from fields of the same names (what the agent does)."""
+        if self.settings.features is not None:
+            return self.settings.features
+        return tuple((name, name) for name in self.api.features())
+
+    @staticmethod
+    def select_list(types: dict[str, str]) -> str:
+        """The SELECT list reading every field as the type `field_types` chose (numbers first), so a field that
+        once had another type in some shard is read as its numeric values rather than dropped."""
+        return ", ".join(
+            f"{quote_ident(name)}::{kind} AS {quote_ident(name)}" for name, kind in sorted(types.items())
+        )
+
     def _score_and_write(
         self,
         pending: list[tuple[dict[str, str], dict[str, Any], bool]],
-        features: tuple[str, ...],
+        features: tuple[tuple[str, str], ...],
         types: dict[str, str],
         report: BackfillReport,
     ) -> None:
         s = self.settings
         lean, keep = s.output == OUTPUT_LEAN, frozenset(s.keep_fields)
+        columns = tuple(feature for feature, _field in features)
+        point_fields = tuple(field_name for _feature, field_name in features)
+        out_types = dict(types)
         lines: list[str] = []
         for offset in range(0, len(pending), s.batch_size):
             chunk = pending[offset : offset + s.batch_size]
@@ -560,52 +425,50 @@ class Backfiller:
             row_of: list[int] = []
             problems: list[str] = []
             for _tags, row, _replaces in chunk:
-                values, problem = feature_row(row, features)
+                values, problem = feature_row(row, point_fields)
                 row_of.append(len(rows) if values is not None else -1)
                 problems.append(problem)
                 if values is not None:
                     rows.append(values)
-            result = self.api.score(rows) if rows else None
+            result = self.api.score(rows, columns) if rows else None
             if result is not None:
                 report.model_version = result.model_version
             for (tags, row, replaces), position, problem in zip(chunk, row_of, problems, strict=True):
-                fields: dict[str, str] = {}
+                fields: dict[str, Any] = {}
                 for name, value in row.items():
                     if name == "time" or (lean and types.get(name) in _NUMERIC and name not in keep):
                         continue  # lean output, like the agent's: no numeric inputs beyond `keep`
-                    encoded = encode_value(value, types.get(name))
-                    if encoded is not None:
-                        fields[name] = encoded
+                    fields[name] = value
                 if position >= 0 and result is not None:
                     score = result.scores[position]
-                    flagged = result.flags[position]
-                    fields[s.score_field] = repr(score)
-                    fields[s.flag_field] = "true" if flagged else "false"
-                    fields["scored"] = "true"
-                    fields["model_version"] = f'"{_escape_string(result.model_version)}"'
-                    fields["threshold"] = repr(result.threshold)
+                    # The task's .threshold() decides over the service's, as in the agent (pipeline.render).
+                    threshold = result.threshold if s.threshold is None else s.threshold
+                    flagged = result.flags[position] if s.threshold is None else score >= s.threshold
+                    fields[s.score_field] = float(score)
+                    fields[s.flag_field] = bool(flagged)
+                    fields["scored"] = True
+                    fields["model_version"] = result.model_version
+                    fields["threshold"] = float(threshold)
                     label = label_of(row.get(s.label_field)) if s.label_field else None
                     if label is not None:
                         cells = {"tp": label and flagged, "fp": (not label) and flagged}
                         cells |= {"fn": label and not flagged, "tn": (not label) and not flagged}
                         for name, hit in cells.items():
-                            fields[name] = "1i" if hit else "0i"
+                            fields[name] = int(hit)
                     if replaces:
-                        fields["error"] = '""'  # clear the reason the live pipeline left it unscored
+                        fields["error"] = ""  # clear the reason the live pipeline left it unscored
                     report.scored += 1
                 else:
-                    fields["scored"] = "false"
-                    fields["error"] = f'"{_escape_string("backfill: " + problem)}"'
+                    fields["scored"] = False
+                    fields["error"] = "backfill: " + problem
                     report.unscorable += 1
-                fields[BACKFILLED_FIELD] = "true"
-                lines.append(encode_line(self.target, tags, fields, int(row["time"])))
+                fields[BACKFILLED_FIELD] = True
+                lines.append(encode_line(self.target, tags, fields, int(row["time"]), out_types))
             if len(lines) >= s.write_batch:
-                self.influx.write(lines, s.retention_policy)
-                report.written += len(lines)
+                report.written += self.influx.write(lines, batch_size=s.write_batch)
                 lines = []
         if lines:
-            self.influx.write(lines, s.retention_policy)
-            report.written += len(lines)
+            report.written += self.influx.write(lines, batch_size=s.write_batch)
 
 
 def backfill(
@@ -620,10 +483,11 @@ def backfill(
 
 def last_scored_before(settings: BackfillSettings, before_ns: int) -> int | None:
     """Timestamp of the newest point of the scored measurement at or before `before_ns` (None if none)."""
-    series = InfluxQL(settings).query(
-        f'SELECT last("scored") FROM "{settings.scored_measurement}" WHERE time <= {before_ns}'
+    series = influx_client(settings).query(
+        f"SELECT last({quote_ident('scored')}) FROM {quote_ident(settings.scored_measurement)} "
+        f"WHERE time <= {int(before_ns)}"
     )
-    for _tags, row in _rows(series):
+    for _tags, row in iter_rows(series):
         return int(row["time"])
     return None
 
@@ -656,9 +520,27 @@ def heal_window(
     return start, int(healed_at.timestamp() * 1e9) + int(end_margin_s * 1e9)
 
 
+def settings_for_heal(
+    settings: BackfillSettings, task_id: str, udf_names: tuple[str, ...] | None = None
+) -> BackfillSettings:
+    """The settings to backfill a healed task with: as that task writes (read from Kapacitor), or the
+    environment's when Kapacitor is unknown or the task cannot be read (logged)."""
+    from tickguard.ops.livetask import DEFAULT_UDF_NAMES, settings_for_task
+
+    if not settings.kapacitor_url:
+        return settings
+    try:
+        return settings_for_task(settings, task_id, udf_names or DEFAULT_UDF_NAMES)
+    except TickguardError as exc:
+        log.warning("backfill of task %s uses the environment's settings: %s", task_id, exc)
+        return settings
+
+
 def heal_hook(
     settings: BackfillSettings | None = None,
     *,
+    kapacitor_url: str = "",
+    udf_names: tuple[str, ...] | None = None,
     settle_s: float = 5.0,
     lookback_s: float = 60.0,
     end_margin_s: float = 2.0,
@@ -668,13 +550,17 @@ def heal_hook(
     """A callback for `Watchdog.add_callback`: backfill the outage of each healed task.
 
     It waits `settle_s` after the heal (points scored just before or after it are still in influxDBOut's
-    buffer), then backfills `heal_window(...)`. Runs on its own thread unless `asynchronous=False`, so the
+    buffer), then backfills `heal_window(...)` with the healed task's own options, source and output, read
+    from Kapacitor (`kapacitor_url`, else TICKGUARD_KAPACITOR_URL). Runs on its own thread unless `asynchronous=False`, so the
     watchdog keeps polling; backfills never overlap. Failures are logged, never raised into the watchdog.
     """
     lock = threading.Lock()
 
     def run(event: Any) -> None:
         resolved = settings or backfill_settings()
+        if kapacitor_url:
+            resolved = replace(resolved, kapacitor_url=kapacitor_url.rstrip("/"))
+        resolved = settings_for_heal(resolved, event.task_id, udf_names)
         wait = settle_s - (datetime.now(UTC) - event.healed_at).total_seconds()
         if wait > 0:
             time.sleep(wait)

@@ -18,6 +18,8 @@ from tickguard.ops.config import backfill_settings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TASK = "score"  # compose/kapacitor/tasks/score.tick
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `backfill` subcommand."""
@@ -28,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Find the points of the source measurement in [--from, --to] without a scored counterpart "
             "(same timestamp, and txid when present) and score them through the REST service, writing "
             "them with backfilled=true. Times: now, now-10m, -10m, RFC 3339, or epoch s/ms/ns. "
-            "Settings default to TICKGUARD_INFLUXDB_* and TICKGUARD_SCORING_URL."
+            "Settings default to TICKGUARD_INFLUXDB_* and TICKGUARD_SCORING_URL. When Kapacitor is known "
+            "(--kapacitor-url or TICKGUARD_KAPACITOR_URL), the live task's definition (--task, default score) "
+            "decides the threshold, label field, output fields and shape, source and target, so backfilled "
+            "points equal live ones; options given here still win."
         ),
     )
     parser.add_argument("--from", dest="start", required=True, help="start of the range (inclusive)")
@@ -36,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--url", help="InfluxDB URL (TICKGUARD_INFLUXDB_URL)")
     parser.add_argument("--database", help="database (TICKGUARD_INFLUXDB_DATABASE, default fraud)")
     parser.add_argument("--api-url", help="scoring service URL (TICKGUARD_SCORING_URL)")
+    parser.add_argument(
+        "--kapacitor-url", help="Kapacitor URL to read the live task from (TICKGUARD_KAPACITOR_URL)"
+    )
+    parser.add_argument(
+        "--task",
+        help="the live scoring task whose points are backfilled (TICKGUARD_BACKFILL_TASK; default score when "
+        "Kapacitor is known; a named task that cannot be read is an error)",
+    )
     parser.add_argument("--source", help="measurement of the raw points (default transactions)")
     parser.add_argument(
         "--measurement", help="where scored points go (default transactions_scored; name another to re-score)"
@@ -72,9 +85,23 @@ def run_backfill(args: argparse.Namespace) -> int:
     """Run one backfill from the command line."""
     import orjson
 
-    from tickguard.ops.backfill import Backfiller, parse_duration_ns, parse_time
+    from tickguard.influx import parse_duration_ns, parse_time
+    from tickguard.ops.backfill import Backfiller
+    from tickguard.ops.livetask import settings_for_task
 
     settings = backfill_settings()
+    if args.kapacitor_url:
+        settings = replace(settings, kapacitor_url=args.kapacitor_url.rstrip("/"))
+    task_id = args.task or settings.task_id
+    if task_id:
+        settings = settings_for_task(settings, task_id)  # named: it must be readable
+    elif settings.kapacitor_url:
+        try:
+            settings = settings_for_task(settings, DEFAULT_TASK)
+        except TickguardError as exc:
+            log.warning(
+                "backfill: not reading task %r (%s); using the environment's settings", DEFAULT_TASK, exc
+            )
     overrides: dict[str, Any] = {}
     if args.url:
         overrides["influx_url"] = args.url.rstrip("/")

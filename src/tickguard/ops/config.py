@@ -3,7 +3,9 @@
 InfluxDB access reuses the stack's TICKGUARD_INFLUXDB_* variables and the scoring URL the UDF agent's
 TICKGUARD_SCORING_URL, so a backfill talks to the same servers as the live pipeline. The output field
 names and the output shape follow the agent's TICKGUARD_UDF_*_FIELD, TICKGUARD_UDF_OUTPUT and
-TICKGUARD_UDF_KEEP_FIELDS variables, so backfilled points look like live ones.
+TICKGUARD_UDF_KEEP_FIELDS variables, so backfilled points look like live ones. When Kapacitor is known
+(TICKGUARD_KAPACITOR_URL), the live task's own definition overrides them (tickguard.ops.livetask): its
+`@tickguard()` options, its source and its output, as the agent would apply them to that task.
 """
 
 from __future__ import annotations
@@ -38,11 +40,24 @@ class BackfillSettings:
     label_field: str
     output: str  # "lean" (like the agent's default: results, string/bool inputs, keep_fields) or "full"
     keep_fields: tuple[str, ...]  # numeric input fields a lean point keeps
+    threshold: float | None = None  # the task's .threshold(); None = the service's
+    # (model feature, point field) pairs from the task's .fields(); None = the served model's features
+    features: tuple[tuple[str, str], ...] | None = None
+    kapacitor_url: str = ""  # where the live task's definition is read (empty: settings only)
+    kapacitor_username: str = ""
+    kapacitor_password: str = ""
+    task_id: str = ""  # the live task whose points are backfilled ("" = none named)
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name)
     return default if value is None or value == "" else value
+
+
+def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
+    """The variable when set, even to '' (which means "none"); `default` only when it is unset."""
+    value = env.get(name)
+    return default if value is None else value.strip()
 
 
 def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
@@ -66,7 +81,12 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
         retries=int(_env(env, "TICKGUARD_BACKFILL_RETRIES", "3")),
         score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
         flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
-        label_field=_env(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        # Set but empty = no label field (like the task option .labelField('')): no tp/fp/fn/tn.
+        label_field=_env_or_empty(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
         output=output,
         keep_fields=keep_fields,
+        kapacitor_url=_env(env, "TICKGUARD_KAPACITOR_URL", "").rstrip("/"),
+        kapacitor_username=_env(env, "TICKGUARD_KAPACITOR_USERNAME", ""),
+        kapacitor_password=_env(env, "TICKGUARD_KAPACITOR_PASSWORD", ""),
+        task_id=_env(env, "TICKGUARD_BACKFILL_TASK", ""),
     )

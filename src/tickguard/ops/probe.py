@@ -24,7 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import requests
+
+from tickguard.influx import InfluxClient, escape_measurement, quote_ident, quote_string
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ class WriteProbe:
 
     def __init__(self, measurement: str = "transactions_scored", host: str = "127.0.0.1"):
         self.measurement = measurement
-        prefix = re.escape(measurement.encode())
+        # Lines carry the measurement as line protocol escapes it.
+        prefix = re.escape(escape_measurement(measurement).encode())
         self._line = re.compile(rb"^" + prefix + rb"[, ].* (\d+)$", re.M)
         self._unscored = re.compile(rb"^" + prefix + rb"[, ].*[ ,]scored=false[, ]", re.M)
         self._backfilled = re.compile(rb"^" + prefix + rb"[, ].*[ ,]backfilled=true", re.M)
+        self._needle = escape_measurement(measurement).encode()
         self.host = host
         self._lock = threading.Lock()
         self._arrivals: list[_Arrival] = []
@@ -93,7 +96,7 @@ class WriteProbe:
         """Record the scored-measurement lines of one forwarded write."""
         with self._lock:
             self.requests += 1
-        if self.measurement.encode() not in body:
+        if self._needle not in body:
             return
         stamps = self._line.findall(body)
         if not stamps:
@@ -117,8 +120,11 @@ class WriteProbe:
     ) -> None:
         """CREATE SUBSCRIPTION on `database` sending every write here."""
         name = f"tickguard_probe_{uuid.uuid4().hex[:8]}"
-        statement = f'CREATE SUBSCRIPTION "{name}" ON "{database}"."{retention_policy}" DESTINATIONS ALL \'{self.url}\''
-        _influx_query(influx_url, statement, auth)
+        statement = (
+            f"CREATE SUBSCRIPTION {quote_ident(name)} ON {quote_ident(database)}.{quote_ident(retention_policy)} "
+            f"DESTINATIONS ALL {quote_string(self.url)}"
+        )
+        _influx_execute(influx_url, statement, auth)
         self._subscription = (influx_url, database, retention_policy, name, auth)
 
     def unsubscribe(self) -> None:
@@ -127,8 +133,10 @@ class WriteProbe:
             return
         influx_url, database, retention_policy, name, auth = self._subscription
         with contextlib.suppress(Exception):
-            _influx_query(
-                influx_url, f'DROP SUBSCRIPTION "{name}" ON "{database}"."{retention_policy}"', auth
+            _influx_execute(
+                influx_url,
+                f"DROP SUBSCRIPTION {quote_ident(name)} ON {quote_ident(database)}.{quote_ident(retention_policy)}",
+                auth,
             )
         self._subscription = None
 
@@ -194,10 +202,10 @@ class WriteProbe:
         return True
 
 
-def _influx_query(influx_url: str, statement: str, auth: tuple[str, str] | None) -> None:
-    response = requests.post(f"{influx_url.rstrip('/')}/query", data={"q": statement}, auth=auth, timeout=10)
-    if response.status_code != 200 or '"error"' in response.text:
-        raise RuntimeError(f"InfluxDB {statement!r} failed ({response.status_code}): {response.text[:300]}")
+def _influx_execute(influx_url: str, statement: str, auth: tuple[str, str] | None) -> None:
+    username, password = auth or ("", "")
+    with InfluxClient(influx_url, username=username, password=password, timeout_s=10, retries=1) as client:
+        client.execute(statement)
 
 
 def percentiles(values: np.ndarray, points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:

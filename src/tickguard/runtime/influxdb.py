@@ -1,4 +1,7 @@
-"""A real influxd (InfluxDB 1.8) on loopback ports with its own data directory and generated config."""
+"""A real influxd (InfluxDB 1.8) on loopback ports with its own data directory and generated config.
+
+Its helpers (queries, writes, users) go through tickguard.influx like every other InfluxDB access.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from tickguard.influx import InfluxClient, InfluxError, quote_ident, quote_string
 from tickguard.runtime import toml
 from tickguard.runtime.process import ManagedServer, TickRuntimeError, free_port
 
@@ -104,46 +106,39 @@ class InfluxServer(ManagedServer):
         if self.auth is None or self._admin_created:
             return
         # Creating the first user needs no credentials; on a restart the user already exists.
-        probe = requests.get(
-            self.url + "/query", params={"q": "SHOW USERS"}, auth=self._basic_auth(), timeout=10
-        )
-        if probe.status_code == 200:
+        try:
+            self.client().execute("SHOW USERS")
             self._admin_created = True
             return
-        escaped = self.auth.password.replace("\\", "\\\\").replace("'", "\\'")
-        statement = f"CREATE USER \"{self.auth.username}\" WITH PASSWORD '{escaped}' WITH ALL PRIVILEGES"
-        response = requests.post(self.url + "/query", data={"q": statement}, timeout=10)
-        if response.status_code != 200 or "error" in response.text:
-            raise self.error(f"creating admin user {self.auth.username!r} failed: {response.text.strip()}")
+        except InfluxError:
+            pass
+        statement = (
+            f"CREATE USER {quote_ident(self.auth.username)} WITH PASSWORD {quote_string(self.auth.password)} "
+            "WITH ALL PRIVILEGES"
+        )
+        try:
+            InfluxClient(self.url, timeout_s=10, retries=0).execute(statement)
+        except InfluxError as exc:
+            raise self.error(f"creating admin user {self.auth.username!r} failed: {exc}") from exc
         self._admin_created = True
 
     # -- helpers for callers ---------------------------------------------------------------------------
-    def _basic_auth(self) -> tuple[str, str] | None:
-        return (self.auth.username, self.auth.password) if self.auth else None
+    def client(self, **options: Any) -> InfluxClient:
+        """A tickguard.influx client for this influxd, with the admin credentials when auth is on."""
+        username, password = (self.auth.username, self.auth.password) if self.auth else ("", "")
+        options.setdefault("timeout_s", 30.0)
+        options.setdefault("retries", 0)  # a test helper: a failure should show at once
+        return InfluxClient(self.url, username=username, password=password, **options)
 
     def query(
         self, influxql: str, database: str | None = None, *, epoch: str | None = "ns"
     ) -> list[dict[str, Any]]:
         """Run InfluxQL over /query and return the result list; raise TickRuntimeError on any error."""
-        params = {"q": influxql}
-        if database:
-            params["db"] = database
-        if epoch:
-            params["epoch"] = epoch
         try:
-            response = requests.post(self.url + "/query", data=params, auth=self._basic_auth(), timeout=30)
-        except requests.RequestException as exc:
-            raise self.error(f"query {influxql!r} failed: {exc}") from exc
-        body = (
-            response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
-        )
-        errors = [body.get("error")] + [r.get("error") for r in body.get("results", [])]
-        errors = [e for e in errors if e]
-        if response.status_code != 200 or errors:
-            raise TickRuntimeError(
-                f"influxd query {influxql!r} failed ({response.status_code}): {errors or response.text}"
-            )
-        return body.get("results", [])
+            with self.client() as client:
+                return client.results(influxql, database=database or "", epoch=epoch)
+        except InfluxError as exc:
+            raise TickRuntimeError(f"influxd: {exc}") from exc
 
     def select(self, influxql: str, database: str) -> list[dict[str, Any]]:
         """Run one SELECT and return its rows as dicts (column -> value), `time` in ns; [] if no rows."""
@@ -157,23 +152,24 @@ class InfluxServer(ManagedServer):
 
     def create_database(self, database: str) -> None:
         """CREATE DATABASE (idempotent)."""
-        self.query(f'CREATE DATABASE "{database}"')
+        self.query(f"CREATE DATABASE {quote_ident(database)}")
 
     def write_lines(
         self, lines: Iterable[str] | str, database: str, *, precision: str = "ns", rp: str = ""
     ) -> None:
         """Write line protocol over /write; raise TickRuntimeError with InfluxDB's message on failure."""
-        body = lines if isinstance(lines, str) else "\n".join(lines)
-        params = {"db": database, "precision": precision}
-        if rp:
-            params["rp"] = rp
-        response = requests.post(
-            self.url + "/write", params=params, data=body.encode(), auth=self._basic_auth(), timeout=30
-        )
-        if response.status_code != 204:
-            raise TickRuntimeError(
-                f"influxd write to {database!r} failed ({response.status_code}): {response.text}"
-            )
+        batch = [lines] if isinstance(lines, str) else list(lines)
+        try:
+            with self.client() as client:
+                client.write(
+                    batch,
+                    database=database,
+                    retention_policy=rp,
+                    precision=precision,
+                    batch_size=len(batch) or 1,
+                )
+        except InfluxError as exc:
+            raise TickRuntimeError(f"influxd write to {database!r} failed: {exc}") from exc
 
     def subscriptions(self) -> list[dict[str, Any]]:
         """Rows of SHOW SUBSCRIPTIONS: database, retention_policy, name, mode, destinations."""

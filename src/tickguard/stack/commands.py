@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stop = gen.add_mutually_exclusive_group()
     stop.add_argument("--count", type=int, help="stop after this many points")
-    stop.add_argument("--duration", help="stop after this long, e.g. 90s, 5m")
+    stop.add_argument("--duration", help="stop after this long, e.g. 90s, 5m, 1h30m, 1d (InfluxQL units)")
     gen.add_argument("--shuffle", action="store_true", help="random order instead of file order")
     gen.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
     gen.add_argument("--loop", action="store_true", help="start over when the holdout rows run out")
@@ -76,13 +76,13 @@ def run_generate(args: argparse.Namespace) -> int:
     """Replay holdout rows as configured on the command line."""
     from dataclasses import replace
 
+    from tickguard.influx import parse_duration_s
     from tickguard.stack.config import influx_settings
     from tickguard.stack.generator import (
         InfluxWriter,
         ReplayPlan,
         load_holdout,
         log_progress,
-        parse_duration,
         replay,
     )
 
@@ -98,7 +98,7 @@ def run_generate(args: argparse.Namespace) -> int:
     plan = ReplayPlan(
         rate=args.rate,
         count=args.count,
-        duration_s=parse_duration(args.duration) if args.duration else None,
+        duration_s=parse_duration_s(args.duration) if args.duration else None,
         shuffle=args.shuffle,
         seed=args.seed,
         loop=args.loop,

@@ -6,17 +6,17 @@ the ground-truth label Class and a txid naming the source row; one low-cardinali
 because many rows are sent within the same microsecond and InfluxDB would merge points that share
 series and timestamp.
 
-Writes go through influxdb-client in batches. A batch that fails because InfluxDB is unreachable or
-overloaded is retried with exponential backoff; after `max_retries` it is counted as failed and the
-replay goes on. Bad credentials or a rejected batch (4xx) stop the replay with a clear error, since
-every later batch would fail the same way.
+Writes go through tickguard.influx (line protocol and HTTP, like every other InfluxDB access of the
+project) in batches. A batch that fails because InfluxDB is unreachable or overloaded is retried with
+exponential backoff; after `max_retries` it is counted as failed and the replay goes on. Bad credentials
+or a rejected batch (4xx) stop the replay with a clear error, since every later batch would fail the same
+way.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +26,16 @@ import pandas as pd
 
 from tickguard.data import FEATURES, TARGET, load_dataset, time_split
 from tickguard.errors import TickguardError
+from tickguard.influx import (
+    InfluxClient,
+    InfluxError,
+    InfluxRejected,
+    InfluxUnavailable,
+    call_with_retries,
+    escape_key,
+    escape_measurement,
+    escape_string,
+)
 from tickguard.stack.config import InfluxSettings
 
 log = logging.getLogger(__name__)
@@ -79,15 +89,6 @@ class ReplayReport:
         )
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from '90', '90s', '5m', '1h' or '250ms'."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not match:
-        raise TickguardError(f"duration {text!r}: expected a number with an optional unit ms/s/m/h")
-    value = float(match.group(1))
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
-
-
 def check_rows(rows: pd.DataFrame) -> None:
     """Refuse rows that lack a needed column or hold a non-finite value, naming the column and row."""
     missing = [name for name in (*FEATURE_FIELDS, LABEL_FIELD) if name not in rows.columns]
@@ -102,19 +103,15 @@ def check_rows(rows: pd.DataFrame) -> None:
         )
 
 
-def _escape_tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _escape_str(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 class LineEncoder:
     """Turns rows into InfluxDB line protocol with strictly increasing nanosecond timestamps."""
 
     def __init__(self, measurement: str, source_tag: str):
-        self.prefix = f"{measurement},{SOURCE_TAG}={_escape_tag(source_tag)} "
+        self.prefix = f"{escape_measurement(measurement)},{SOURCE_TAG}={escape_key(source_tag, 'tag value')} "
+        # Field keys escaped once: every line repeats them.
+        self.keys = [escape_key(name) for name in FEATURE_FIELDS]
+        self.label_key = escape_key(LABEL_FIELD)
+        self.txid_key = escape_key(TXID_FIELD)
         self.last_ns = 0
 
     def next_timestamp(self) -> int:
@@ -125,11 +122,9 @@ class LineEncoder:
 
     def encode(self, features: np.ndarray, label: int, txid: str) -> tuple[str, int]:
         """One line of line protocol and its timestamp."""
-        fields = ",".join(
-            f"{name}={value!r}" for name, value in zip(FEATURE_FIELDS, features.tolist(), strict=True)
-        )
+        fields = ",".join(f"{key}={value!r}" for key, value in zip(self.keys, features.tolist(), strict=True))
         ts = self.next_timestamp()
-        line = f'{self.prefix}{fields},{LABEL_FIELD}={int(label)}i,{TXID_FIELD}="{_escape_str(txid)}" {ts}'
+        line = f'{self.prefix}{fields},{self.label_key}={int(label)}i,{self.txid_key}="{escape_string(txid)}" {ts}'
         return line, ts
 
 
@@ -149,41 +144,19 @@ def row_order(n_rows: int, plan: ReplayPlan) -> Iterator[int]:
 
 
 class InfluxWriter:
-    """Writes line-protocol batches with influxdb-client; raises on failure so the caller can retry."""
+    """Writes one line-protocol batch per call through tickguard.influx, raising InfluxUnavailable (worth a
+    retry) or InfluxRejected (not); the replay loop retries itself, so it can count and report every retry."""
 
     def __init__(self, settings: InfluxSettings, timeout_ms: int = 10_000):
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
-
-        token = f"{settings.username}:{settings.password}" if settings.username else ""
-        # retries=False: the replay loop retries itself, so it can count and report every retry.
-        self.client = InfluxDBClient(
-            url=settings.url, token=token, org="-", timeout=timeout_ms, retries=False
-        )
-        self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
-        self.bucket = f"{settings.database}/{settings.retention_policy}"
+        self.client = InfluxClient.from_settings(settings, timeout_s=timeout_ms / 1000, retries=0)
 
     def __call__(self, lines: list[str]) -> None:
-        """Write one batch (nanosecond precision)."""
-        self.write_api.write(bucket=self.bucket, record=lines, write_precision="ns")
+        """Write one batch (nanosecond precision), one attempt."""
+        self.client.write(lines, batch_size=max(1, len(lines)), retries=0)
 
     def close(self) -> None:
         """Release the HTTP connection pool."""
         self.client.close()
-
-
-def _is_permanent(exc: Exception) -> bool:
-    """A 4xx other than 429 will fail again on retry: bad credentials, missing database, bad data."""
-    status = getattr(exc, "status", None)
-    return isinstance(status, int) and 400 <= status < 500 and status != 429
-
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status", None)
-    if status is not None:
-        body = (getattr(exc, "body", None) or getattr(exc, "message", "") or "").strip()
-        return f"HTTP {status} {getattr(exc, 'reason', '')} {body}".strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 def replay(
@@ -266,27 +239,21 @@ def _send_with_retries(
     sleep: Callable[[float], None],
 ) -> bool:
     """Write a batch, retrying transient failures with backoff; False once the retries are used up."""
-    for attempt in range(max_retries + 1):
-        try:
-            write(lines)
-            return True
-        except Exception as exc:  # influxdb-client raises ApiException or urllib3/socket errors
-            if _is_permanent(exc):
-                raise TickguardError(
-                    f"InfluxDB rejected a batch of {len(lines)} points: {_describe(exc)}"
-                ) from exc
-            if attempt == max_retries:
-                log.error(
-                    "batch of %d points failed after %d retries: %s", len(lines), max_retries, _describe(exc)
-                )
-                return False
-            backoff = min(MAX_BACKOFF_S, 0.25 * 2**attempt)
-            report.retried += len(lines)
-            log.warning(
-                "write failed (%s); retry %d/%d in %.2f s", _describe(exc), attempt + 1, max_retries, backoff
-            )
-            sleep(backoff)
-    return False
+
+    def retrying(attempt: int, exc: InfluxError, backoff: float) -> None:
+        report.retried += len(lines)
+        log.warning("write failed (%s); retry %d/%d in %.2f s", exc, attempt + 1, max_retries, backoff)
+
+    try:
+        call_with_retries(
+            lambda: write(lines), max_retries, sleep=sleep, on_retry=retrying, cap_s=MAX_BACKOFF_S
+        )
+        return True
+    except InfluxRejected as exc:
+        raise TickguardError(f"InfluxDB rejected a batch of {len(lines)} points: {exc}") from exc
+    except InfluxUnavailable as exc:
+        log.error("batch of %d points failed after %d retries: %s", len(lines), max_retries, exc)
+        return False
 
 
 def log_progress(report: ReplayReport) -> None:
