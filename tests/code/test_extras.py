@@ -71,7 +71,8 @@ NEEDS_EXTRAS = {
         "pip install 'tickguard[serve,agent,generate]'"
     ),
 }
-LIGHT_COMMANDS = {"data"}  # `data fetch` runs on a bare install (test below); `data info` is listed above
+# `data fetch` and `detectors` run on a bare install (tests below); `data info` is listed above
+LIGHT_COMMANDS = {"data", "detectors"}
 
 
 def normalized(name: str) -> str:
@@ -112,6 +113,7 @@ def wheel(workdir: Path) -> Path:
     context.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "detectors", context / "detectors")  # installed as share/tickguard/detectors
     shutil.copytree(ROOT / "src", context / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(workdir), str(context))
     shutil.rmtree(context)
@@ -190,7 +192,26 @@ def test_data_fetch_needs_no_extra(bare_cli, workdir: Path) -> None:
     wrong = bare_cli("data", "fetch")
     assert wrong.returncode == 1
     assert wrong.stderr.splitlines() == [
-        f"tickguard data fetch: error: {csv} is not the credit-card fraud data set (missing columns: Amount)"
+        f"tickguard data fetch: error: {csv} is not the fraud data set (missing columns: Amount)"
+    ]
+
+
+def test_detectors_commands_need_no_extra(bare_cli) -> None:
+    """The bundled detectors come with the wheel (share/tickguard/detectors), read by the bare install."""
+    listed = bare_cli("detectors", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["fraud", "shuttle"]
+    assert "share/tickguard/detectors/fraud.toml" in listed.stdout
+    shown = bare_cli("detectors", "show", "shuttle")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["spec"]["label"]["field"] == "anomaly"
+    influx = bare_cli(
+        "detectors", "new", "x", "--influx-url", "http://127.0.0.1:9", "--database", "d", "--measurement", "m",
+        "--label", "y",
+    )  # fmt: skip
+    assert influx.returncode == 1
+    assert influx.stderr.splitlines() == [
+        "tickguard detectors new: error: tickguard detectors new --influx-url needs the 'agent' extra: "
+        "pip install 'tickguard[agent]'"
     ]
 
 
