@@ -197,7 +197,9 @@ def test_errors_name_the_line_and_the_dotted_key(case: str) -> None:
     old, new, message = ERROR_CASES[case]
     text = edited(old, new)
     changed_line = next(
-        n for n, (a, b) in enumerate(zip(FRAUD_TEXT.splitlines(), text.splitlines(), strict=False), 1) if a != b
+        n
+        for n, (a, b) in enumerate(zip(FRAUD_TEXT.splitlines(), text.splitlines(), strict=False), 1)
+        if a != b
     )
     with pytest.raises(DetectorError) as err:
         parse(text)

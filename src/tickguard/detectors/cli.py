@@ -92,7 +92,9 @@ def cmd_new(args) -> int:
         )
     else:
         if args.time or args.time_unit:
-            raise DetectorError("--time and --time-unit are for --csv: InfluxDB points are ordered by their time")
+            raise DetectorError(
+                "--time and --time-unit are for --csv: InfluxDB points are ordered by their time"
+            )
         if not (args.database and args.measurement):
             raise DetectorError("--influx-url needs --database and --measurement")
         tags = {}
