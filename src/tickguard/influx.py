@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tickguard.errors import TickguardError
@@ -93,11 +94,12 @@ def parse_duration_ns(text: str) -> int:
     """Nanoseconds of a duration in InfluxQL's units, compounds allowed ('1h30m'); a bare number is seconds."""
     compact = str(text).strip().replace(" ", "")
     if re.fullmatch(r"\d+(?:\.\d+)?", compact):
-        return int(float(compact) * UNIT_NS["s"])
+        return int(Fraction(compact) * UNIT_NS["s"])
     parts = _DURATION_PART.findall(compact)
     if not compact or "".join(value + unit for value, unit in parts) != compact:
         raise TickguardError(f"duration {text!r}: expected {DURATION_HINT}")
-    return int(sum(float(value) * UNIT_NS[unit] for value, unit in parts))
+    # Exact arithmetic: floats lose nanoseconds beyond 2**53 (about 104 days).
+    return int(sum(Fraction(value) * UNIT_NS[unit] for value, unit in parts))
 
 
 def parse_duration_s(text: str) -> float:
@@ -163,8 +165,10 @@ def format_time(ns: int) -> str:
 
 # ---- line protocol ------------------------------------------------------------------------------------
 
-# InfluxDB 1.x unescapes only these sequences in names; a backslash before anything else stays as it is.
-_KEY_SPECIALS = frozenset(", =")
+# After a backslash, what InfluxDB 1.8 unescapes (or splits on) in each part of a line; a backslash before
+# anything else is kept as it is. Measured on influxd 1.8.10 for every printable ASCII character.
+_TAG_SPECIALS = frozenset(", =")
+_KEY_SPECIALS = frozenset(', ="')  # measurements and field keys also unescape \"
 
 
 def _check_name(kind: str, name: str, specials: frozenset[str]) -> None:
@@ -199,7 +203,7 @@ def escape_measurement(name: str) -> str:
 @functools.lru_cache(maxsize=8192)
 def escape_key(name: str, kind: str = "field") -> str:
     """A tag key, tag value or field key for line protocol (commas, equals signs and spaces escaped)."""
-    _check_name(kind, name, _KEY_SPECIALS)
+    _check_name(kind, name, _TAG_SPECIALS if kind.startswith("tag") else _KEY_SPECIALS)
     return name.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
