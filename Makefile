@@ -46,10 +46,10 @@ format: venv ## apply ruff's formatting and safe fixes
 test: sysdeps venv tick data lint ## the whole suite, from scratch if need be
 	$(VENV)/bin/pytest
 
-train-fast: venv data ## quick model (small sample, few trials) into models/_scratch
+train-fast: venv data ## quick model (small sample, few trials) into models/fraud/_scratch
 	$(VENV)/bin/tickguard train --fast
 
-train: venv data ## full training with Optuna tuning; writes models/<version>
+train: venv data ## full training with Optuna tuning; writes models/fraud/<version>
 	$(VENV)/bin/tickguard train
 
 bench: venv tick data ## end-to-end, UDF, API, model and Locust benchmarks; results in benchmarks/results/

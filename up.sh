@@ -102,7 +102,8 @@ if [ ! -f data/raw/creditcard.csv ]; then
   echo "up.sh: data/raw/creditcard.csv missing: fetching it (make data)..."
   make --no-print-directory data || die "fetching the data set failed; or put a creditcard.csv of the Kaggle schema in data/raw/"
 fi
-[ -e models/production ] || die "models/production missing: run 'make train' (or 'make train-fast') first"
+# The service serves every models/<detector>/production; the committed fraud model is one.
+ls -d models/*/production >/dev/null 2>&1 || die "no models/<detector>/production: run 'make train' (or 'make train-fast') first"
 
 init_env
 

@@ -1,20 +1,24 @@
-"""Model artifacts on disk: `models/<version>/{model.joblib, model_card.json, pr_curve.png}`.
+"""Model artifacts on disk: `models/<detector>/<version>/{model.joblib, model_card.json, pr_curve.png}`.
 
-The contract every part of tickguard relies on (training writes it, the REST service and the
-backfill read it):
+The contract every part of tickguard relies on (training and `tickguard models import` write it, the
+REST service and the backfill read it):
 
 - `model.joblib` is a fitted estimator/pipeline with `predict_proba(X)`; X is a float array whose
   columns are `card["features"]`, in that order.
-- `model_card.json` holds at least `version`, `features`, `threshold` and `model_sha256`.
-- `models/production` is a symlink (or, where links are unavailable, a one-line text file) naming
-  the served version directory.
+- `model_card.json` holds at least `version`, `features`, `threshold` and `model_sha256`; a model
+  saved for a detector also holds that detector's spec (`detector`, its canonical dict) and
+  `detector_sha256`, so a server can tell whether the model still fits the detector file it serves.
+- `models/<detector>/production` is a symlink (or, where links are unavailable, a one-line text
+  file) naming the detector's served version directory. One directory per detector keeps versions of
+  different detectors apart, and lets one service find every served model with one glob.
 
 Pickle files run code when loaded, so `load_model` checks the file's sha256 against the card
-before unpickling anything.
+before unpickling anything. How a loaded model is scored fast is the predictor's business
+(tickguard.scoring.predictor), not this module's.
 
 Reading cards and hashing files needs only the standard library, so the light commands (`tickguard
-data fetch`, `serve`'s argument checks) work without the numeric stack; numpy, joblib and the model's
-own libraries are imported by the functions that load or score a model.
+data fetch`, `serve`'s argument checks) work without the numeric stack; joblib and the model's own
+libraries are imported by the functions that load or save a model.
 """
 
 from __future__ import annotations
@@ -22,20 +26,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tickguard.detectors import DEFAULT_DETECTOR
 from tickguard.errors import ModelIntegrityError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from tickguard.detectors import DetectorSpec
 
 MODEL_FILE = "model.joblib"
 CARD_FILE = "model_card.json"
 PR_CURVE_FILE = "pr_curve.png"
 PRODUCTION = "production"
 REQUIRED_CARD_KEYS = ("version", "features", "threshold", "model_sha256")
+# Card keys written by `save_model(..., detector=spec)`.
+CARD_DETECTOR = "detector"
+CARD_DETECTOR_SHA256 = "detector_sha256"
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -54,7 +65,6 @@ class ModelArtifact:
     estimator: Any
     card: dict
     path: Path
-    compiled: Any = None  # a tickguard.compiled_scorer.CompiledScorer checked against the estimator, or None
 
     @property
     def version(self) -> str:
@@ -71,19 +81,8 @@ class ModelArtifact:
         """The decision threshold stored with the model (score >= threshold means anomaly)."""
         return float(self.card["threshold"])
 
-    @property
-    def scored_by(self) -> str:
-        """'compiled' when the compiled scorer serves this model, else 'pipeline'."""
-        return "compiled" if self.compiled is not None else "pipeline"
-
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probabilities for a 2-D array of finite floats with columns in `features` order."""
-        if self.compiled is not None:
-            return self.compiled.score(X)
-        return self.reference_score(X)
-
-    def reference_score(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probabilities from the estimator itself (what the compiled scorer must reproduce)."""
+        """Anomaly probabilities from the estimator itself, for finite floats in `features` order."""
         import numpy as np
         import sklearn
 
@@ -92,8 +91,39 @@ class ModelArtifact:
             return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
 
 
+def detector_models_dir(models_root: Path | str, detector: str = DEFAULT_DETECTOR) -> Path:
+    """`models/<detector>`: where one detector's versions and its `production` link live."""
+    return Path(models_root) / detector
+
+
+def production_models(models_root: Path | str) -> dict[str, Path]:
+    """Every detector under `models_root` that has a `production` entry, name -> its detector directory.
+
+    A `production` directly in `models_root` is the layout before detectors existed; it is refused with
+    the command that converts it, rather than silently serving nothing.
+    """
+    root = Path(models_root)
+    if (root / PRODUCTION).exists() or (root / PRODUCTION).is_symlink():
+        raise ModelIntegrityError(
+            f"{root / PRODUCTION} is the old single-model layout: move the versions into "
+            f"{root / DEFAULT_DETECTOR}/ (e.g. `mkdir {root / DEFAULT_DETECTOR} && mv {root}/v* "
+            f"{root / PRODUCTION} {root / DEFAULT_DETECTOR}/`)"
+        )
+    if not root.is_dir():
+        return {}
+    found = {}
+    for entry in sorted(root.iterdir()):
+        link = entry / PRODUCTION
+        if entry.is_dir() and not entry.name.startswith((".", "_")) and (link.exists() or link.is_symlink()):
+            found[entry.name] = entry
+    return found
+
+
 def resolve_model_dir(models_dir: Path | str, name: str = PRODUCTION) -> Path:
-    """Turn `production`, a version name or a path into a model directory that exists."""
+    """Turn `production`, a version name or a path into a model directory that exists.
+
+    `models_dir` is one detector's directory (`models/<detector>`, see `detector_models_dir`).
+    """
     candidate = Path(name)
     if not candidate.is_absolute() and not (candidate / CARD_FILE).exists():
         candidate = Path(models_dir) / name
@@ -112,6 +142,8 @@ def read_card(model_dir: Path | str) -> dict:
         card = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelIntegrityError(f"cannot read model card {path}: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelIntegrityError(f"model card {path} is not a JSON object")
     missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
     if missing:
         raise ModelIntegrityError(f"model card {path} lacks {', '.join(missing)}")
@@ -119,11 +151,7 @@ def read_card(model_dir: Path | str) -> dict:
 
 
 def load_model(model_dir: Path | str) -> ModelArtifact:
-    """Load a model directory, refusing it if the model file's sha256 differs from the card's.
-
-    The model is also compiled for fast scoring when its structure allows and the compiled scores
-    match the model's on probe rows (TICKGUARD_COMPILED_SCORER=0 turns that off); else it scores itself.
-    """
+    """Load a model directory, refusing it if the model file's sha256 differs from the card's."""
     import joblib
 
     model_dir = Path(model_dir)
@@ -138,39 +166,72 @@ def load_model(model_dir: Path | str) -> ModelArtifact:
             f"{card['model_sha256']} (the file was changed or replaced)"
         )
     estimator = joblib.load(model_path)
-    from tickguard.compiled_scorer import compile_if_possible
-
-    compiled = compile_if_possible(estimator, probe_rows(card["features"]))
-    return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve(), compiled=compiled)
+    return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve())
 
 
-def probe_rows(features: list[str], n: int = 2048, seed: int = 7) -> np.ndarray:
-    """Deterministic synthetic rows in the raw feature ranges, to check a compiled scorer against its model.
+def detector_card_fields(detector: DetectorSpec) -> dict[str, Any]:
+    """What a model card records about the detector it was made for."""
+    return {CARD_DETECTOR: detector.to_dict(), CARD_DETECTOR_SHA256: detector.sha256}
 
-    PCA components are drawn wide (several standard deviations) so the rows reach the trees' rare
-    branches as well as the common ones; Time covers two days, Amount spans cents to thousands.
+
+def card_detector_differences(card: Mapping[str, Any], detector: DetectorSpec) -> list[str]:
+    """How a model card disagrees with a detector spec, one phrase per difference (empty = it fits).
+
+    The features must be the detector's fields in order (what a client sends); when the card records
+    the detector it was saved for, its label and spec hash must be the current file's too.
     """
-    import numpy as np
+    differences = []
+    fields = list(detector.feature_fields)
+    if list(card.get("features", [])) != fields:
+        missing = [name for name in fields if name not in card.get("features", [])]
+        extra = [name for name in card.get("features", []) if name not in fields]
+        detail = "; ".join(
+            part
+            for part in (
+                f"the card lacks {missing}" if missing else "",
+                f"the detector has no {extra}" if extra else "",
+                "same fields, another order" if not missing and not extra else "",
+            )
+            if part
+        )
+        differences.append(f"features differ ({detail})")
+    recorded = card.get(CARD_DETECTOR)
+    if isinstance(recorded, Mapping):
+        current = detector.to_dict()
+        if recorded.get("label") != current.get("label"):
+            differences.append(
+                f"label differs (card {recorded.get('label')!r}, detector {current.get('label')!r})"
+            )
+        if card.get(CARD_DETECTOR_SHA256) != detector.sha256:
+            differences.append(
+                f"detector spec hash differs (card {str(card.get(CARD_DETECTOR_SHA256))[:12]}, "
+                f"{detector.path.name if getattr(detector, 'path', None) else 'file'} {detector.sha256[:12]})"
+            )
+    return differences
 
-    rng = np.random.default_rng(seed)
-    rows = rng.normal(0.0, 3.0, size=(n, len(features)))
-    for column, name in enumerate(features):
-        if name == "Time":
-            rows[:, column] = rng.uniform(0.0, 2 * 86_400.0, n)
-        elif name == "Amount":
-            rows[:, column] = np.round(rng.lognormal(3.0, 1.6, n), 2)
-    return rows
 
+def save_model(
+    estimator: Any, card: dict, model_dir: Path | str, detector: DetectorSpec | None = None
+) -> dict:
+    """Write the estimator and its card (with the file's sha256 filled in); return the card.
 
-def save_model(estimator: Any, card: dict, model_dir: Path | str) -> dict:
-    """Write the estimator and its card (with the file's sha256 filled in); return the card."""
+    With `detector`, the card records the detector's spec and hash, and a card whose features are not
+    the detector's fields is refused before anything is written.
+    """
     import joblib
 
+    card = dict(card)
+    if detector is not None:
+        card.update(detector_card_fields(detector))
+        differences = card_detector_differences(card, detector)
+        if differences:
+            raise ModelIntegrityError(
+                f"model {card.get('version')} does not fit detector {detector.name}: {'; '.join(differences)}"
+            )
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model_path = model_dir / MODEL_FILE
     joblib.dump(estimator, model_path, compress=3)
-    card = dict(card)
     card["model_sha256"] = sha256_of(model_path)
     card["model_size_bytes"] = model_path.stat().st_size
     (model_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
@@ -178,7 +239,10 @@ def save_model(estimator: Any, card: dict, model_dir: Path | str) -> dict:
 
 
 def promote(models_dir: Path | str, version: str) -> Path:
-    """Point `models/production` at a version directory (atomically replacing the old link)."""
+    """Point `<models_dir>/production` at a version directory (atomically replacing the old link).
+
+    `models_dir` is one detector's directory (`models/<detector>`).
+    """
     models_dir = Path(models_dir)
     read_card(models_dir / version)
     link = models_dir / PRODUCTION

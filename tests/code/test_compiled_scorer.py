@@ -11,8 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from tickguard import compiled_scorer, modelstore
+from tickguard import compiled_scorer
 from tickguard.compiled_scorer import UnsupportedModel, compile_if_possible, compile_model
+from tickguard.scoring.predictor import probe_rows
 from tickguard.training.features import FraudFeatures
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
@@ -20,7 +21,7 @@ FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 
 def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rows in the raw schema with a learnable, imbalanced label."""
-    X = modelstore.probe_rows(FEATURES, n=n, seed=seed)
+    X = probe_rows(FEATURES, n=n, seed=seed)
     logit = 1.5 * X[:, 1] - 1.0 * X[:, 4] + 0.8 * np.sin(X[:, 0] / 8_000.0) + 0.01 * X[:, -1] - 4.0
     y = (np.random.default_rng(seed).random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     return X, y

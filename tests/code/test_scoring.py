@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from tests.fixtures.service import FEATURES_WITH_TIME, FEATURES_WITHOUT_TIME, NO_TIME_MODEL
+from tests.fixtures.service import (
+    FEATURES_WITH_TIME,
+    FEATURES_WITHOUT_TIME,
+    FRAUD,
+    LR_MODEL,
+    NO_TIME,
+    NO_TIME_MODEL,
+)
 from tickguard.modelstore import CARD_FILE, MODEL_FILE
 from tickguard.scoring import FeatureSchema, ModelHolder, Predictor, ScoringError, decode_json
 from tickguard.scoring.v2 import infer_response, parse_infer
@@ -194,7 +201,9 @@ def test_v2_response_shape():
     assert body["outputs"][1] == {"name": "anomaly", "datatype": "BOOL", "shape": [2], "data": [False, True]}
 
 
-@pytest.mark.parametrize("version", ["production", NO_TIME_MODEL])
+@pytest.mark.parametrize(
+    "version", [f"{FRAUD}/production", f"{FRAUD}/{LR_MODEL}", f"{NO_TIME}/{NO_TIME_MODEL}"]
+)
 def test_predictor_scores_real_rows_consistently(service_models_dir, service_data, version):
     predictor = Predictor.load(service_models_dir / version, max_rows=10_000)
     rows = service_data.head(500)
@@ -214,9 +223,9 @@ def test_predictor_scores_real_rows_consistently(service_models_dir, service_dat
 def test_reload_refuses_a_tampered_model_and_keeps_the_old_one(service_models_dir, tmp_path):
     import shutil
 
-    models = tmp_path / "models"
-    shutil.copytree(service_models_dir / NO_TIME_MODEL, models / NO_TIME_MODEL)
-    shutil.copytree(service_models_dir / "production", models / "tampered")
+    models = tmp_path / "models" / NO_TIME
+    shutil.copytree(service_models_dir / NO_TIME / NO_TIME_MODEL, models / NO_TIME_MODEL)
+    shutil.copytree(service_models_dir / NO_TIME / NO_TIME_MODEL, models / "tampered")
     with open(models / "tampered" / MODEL_FILE, "ab") as fh:
         fh.write(b"\0")
     holder = ModelHolder(models, max_rows=100)
@@ -237,11 +246,11 @@ def test_reload_refuses_a_model_that_cannot_predict(service_models_dir, tmp_path
 
     from tickguard.modelstore import save_model
 
-    models = tmp_path / "models"
-    shutil.copytree(service_models_dir / NO_TIME_MODEL, models / NO_TIME_MODEL)
-    card = json.loads((service_models_dir / NO_TIME_MODEL / CARD_FILE).read_text())
+    models = tmp_path / "models" / NO_TIME
+    shutil.copytree(service_models_dir / NO_TIME / NO_TIME_MODEL, models / NO_TIME_MODEL)
+    card = json.loads((service_models_dir / NO_TIME / NO_TIME_MODEL / CARD_FILE).read_text())
     card.update(version="wrong-width", features=FEATURES_WITH_TIME)  # the estimator expects 29 columns
-    estimator = Predictor.load(service_models_dir / NO_TIME_MODEL, 10).artifact.estimator
+    estimator = Predictor.load(service_models_dir / NO_TIME / NO_TIME_MODEL, 10).artifact.estimator
     save_model(estimator, card, models / "wrong-width")
     holder = ModelHolder(models, max_rows=100)
     holder.load_initial(NO_TIME_MODEL)
@@ -252,28 +261,104 @@ def test_reload_refuses_a_model_that_cannot_predict(service_models_dir, tmp_path
 
 
 def test_workers_follow_a_reload_through_the_shared_pointer(service_models_dir, production_card, tmp_path):
-    pointer = tmp_path / "active_model.json"
-    first = ModelHolder(service_models_dir, 100, shared_pointer=pointer)
-    second = ModelHolder(service_models_dir, 100, shared_pointer=pointer)
+    pointer = tmp_path / "active_model.fraud.json"
+    fraud = service_models_dir / FRAUD
+    first = ModelHolder(fraud, 100, shared_pointer=pointer)
+    second = ModelHolder(fraud, 100, shared_pointer=pointer)
     first.load_initial("production")
     second.load_initial("production")
     second.sync()  # a check just before the reload: the next one is rate-limited
-    first.reload(NO_TIME_MODEL)
+    first.reload(LR_MODEL)
     assert second.current.version == production_card["version"]
     # reload() answers only after the check interval, so the very next sync sees the new pointer.
     second.sync()
-    assert second.current.version == NO_TIME_MODEL
+    assert second.current.version == LR_MODEL
     # A worker started after the reload serves the reloaded model, not the start-up default.
-    late = ModelHolder(service_models_dir, 100, shared_pointer=pointer)
+    late = ModelHolder(fraud, 100, shared_pointer=pointer)
     late.load_initial("production")
-    assert late.current.version == NO_TIME_MODEL
+    assert late.current.version == LR_MODEL
 
 
 def test_a_model_using_time_requires_it(service_models_dir, production_card):
     assert "Time" in production_card["features"]
-    predictor = Predictor.load(service_models_dir / "production", max_rows=10)
+    predictor = Predictor.load(service_models_dir / FRAUD / "production", max_rows=10)
     with pytest.raises(ScoringError) as exc:
         predictor.schema.parse_predict(record(with_time=False))
     assert problems_of(exc) == {(0, "Time", "missing")}
     body, rows = predictor.predict_response(record())
     assert rows == 1 and 0.0 <= body["score"] <= 1.0 and not math.isnan(body["score"])
+
+
+def test_the_committed_fraud_model_fits_its_detector():
+    """models/fraud/production records detectors/fraud.toml's spec and hash (editing either shows here)."""
+    from tickguard.detectors import load_detector
+    from tickguard.modelstore import (
+        card_detector_differences,
+        detector_models_dir,
+        production_models,
+        read_card,
+        resolve_model_dir,
+    )
+    from tickguard.training.config import models_dir
+
+    assert "fraud" in production_models(models_dir())
+    card = read_card(resolve_model_dir(detector_models_dir(models_dir(), "fraud")))
+    spec = load_detector("fraud")
+    assert card["detector_sha256"] == spec.sha256 and card["detector"] == spec.to_dict()
+    assert card_detector_differences(card, spec) == []
+
+
+def test_a_card_that_disagrees_with_its_detector_names_each_difference():
+    from tickguard.detectors import load_detector
+    from tickguard.modelstore import card_detector_differences, detector_card_fields
+
+    spec = load_detector("fraud")
+    card = {"features": FEATURES_WITHOUT_TIME, **detector_card_fields(spec)}
+    assert card_detector_differences(card, spec) == ["features differ (the card lacks ['Time'])"]
+    card = {"features": list(reversed(FEATURES_WITH_TIME)), **detector_card_fields(spec)}
+    assert card_detector_differences(card, spec) == ["features differ (same fields, another order)"]
+    card = {"features": FEATURES_WITH_TIME, **detector_card_fields(spec)}
+    card["detector"] = {**card["detector"], "label": {"field": "Class", "positive": [0]}}
+    card["detector_sha256"] = "0" * 64
+    differences = card_detector_differences(card, spec)
+    assert len(differences) == 2
+    assert differences[0].startswith("label differs") and "[0]" in differences[0]
+    assert differences[1].startswith("detector spec hash differs (card 000000000000, fraud.toml ")
+
+
+def test_the_payload_contract_round_trips_between_client_and_server():
+    """What a client builds, the server parses; what the server answers, a client reads."""
+    from tickguard.scoring.payloads import (
+        PayloadError,
+        card_path,
+        columns_request,
+        instances_request,
+        parse_predict_response,
+        predict_path,
+        predict_response_body,
+    )
+
+    rows = [
+        [record(1.0)[name] for name in FEATURES_WITHOUT_TIME],
+        [record(2.0)[name] for name in FEATURES_WITHOUT_TIME],
+    ]
+    by_columns, _ = SCHEMA.parse_predict(decode_json(columns_request(FEATURES_WITHOUT_TIME, rows)))
+    by_instances, single = SCHEMA.parse_predict(
+        decode_json(instances_request([record(1.0), record(2.0, with_time=False)]))
+    )
+    assert single is False
+    np.testing.assert_array_equal(by_columns, by_instances)
+    body = predict_response_body(np.array([0.2, 0.8]), np.array([False, True]), 0.5, "v1", single=False)
+    result = parse_predict_response(json.dumps(body).encode(), rows=2)
+    assert (result.scores, result.flags, result.threshold, result.model_version) == (
+        [0.2, 0.8],
+        [False, True],
+        0.5,
+        "v1",
+    )
+    with pytest.raises(PayloadError, match="2 scores for 3 rows"):
+        parse_predict_response(json.dumps(body).encode(), rows=3)
+    with pytest.raises(PayloadError, match="unexpected /predict body"):
+        parse_predict_response(b'{"score": 0.1}')
+    assert predict_path() == "/predict" and predict_path("a b/c") == "/predict?model=a%20b%2Fc"
+    assert card_path("shuttle") == "/model?model=shuttle"

@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from tests.fixtures.service import FEATURES_WITH_TIME, NO_TIME_MODEL
+from tests.fixtures.service import (
+    FEATURES_WITH_TIME,
+    FEATURES_WITHOUT_TIME,
+    FRAUD,
+    LR_MODEL,
+    NO_TIME,
+    NO_TIME_MODEL,
+)
 from tickguard.service.app import create_app
 from tickguard.service.config import ServiceConfig
 
@@ -16,7 +23,7 @@ TOKEN = "test-admin-token"
 
 @pytest.fixture
 def app(service_models_dir, tmp_path):
-    """An app serving the production fixture model, with small limits and an admin token."""
+    """An app serving the fixture models (fraud and notime), with small limits and an admin token."""
     config = ServiceConfig(
         models_dir=service_models_dir,
         max_rows=100,
@@ -83,9 +90,10 @@ def test_v2_health_metadata_and_readiness(client, production_card):
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").get_json() == {
         "ready": True,
-        "model_version": production_card["version"],
+        "models": {FRAUD: True, NO_TIME: True},
     }
     assert client.get("/v2/models/fraud/ready").status_code == 200
+    assert client.get(f"/v2/models/{NO_TIME}/ready").get_json()["model_version"] == NO_TIME_MODEL
     meta = client.get("/v2/models/fraud").get_json()
     assert meta["inputs"][0]["shape"] == [-1, len(production_card["features"])]
     assert {out["name"] for out in meta["outputs"]} == {"score", "anomaly"}
@@ -195,7 +203,8 @@ def test_metrics_count_requests_rows_and_model(client, holdout_records):
     assert 'tickguard_http_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
     assert 'tickguard_http_requests_total{endpoint="/predict",method="POST",status="415"} 1.0' in text
     assert 'tickguard_rows_scored_total{endpoint="/predict",status="200"} 7.0' in text
-    assert re.search(r'tickguard_model_info\{version="[^"]+"\} 1.0', text)
+    assert re.search(r'tickguard_model_info\{model="fraud",version="[^"]+"\} 1.0', text)
+    assert f'tickguard_model_info{{model="{NO_TIME}",version="{NO_TIME_MODEL}"}} 1.0' in text
     assert "tickguard_http_request_duration_seconds_bucket" in text
 
 
@@ -216,14 +225,14 @@ def test_admin_reload_swaps_the_model_and_requires_the_token(client, holdout_rec
     wrong = client.post("/admin/reload", json={}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    response = client.post("/admin/reload", json={"model": NO_TIME_MODEL}, headers=headers)
+    # The older body spelling {"model": version} on the default model's route.
+    response = client.post("/admin/reload", json={"model": LR_MODEL}, headers=headers)
     assert response.status_code == 200
     assert response.get_json()["previous_version"] == production_card["version"]
-    # The new model does not use Time; the same record (with Time) is still accepted.
-    assert client.post("/predict", json=holdout_records[0]).get_json()["model_version"] == NO_TIME_MODEL
+    assert client.post("/predict", json=holdout_records[0]).get_json()["model_version"] == LR_MODEL
     failed = client.post("/admin/reload", json={"model": "missing"}, headers=headers)
     assert failed.status_code == 404
-    assert client.get("/model").get_json()["version"] == NO_TIME_MODEL
+    assert client.get("/model").get_json()["version"] == LR_MODEL
     outside = client.post("/admin/reload", json={"model": "/etc"}, headers=headers)
     assert outside.status_code in (400, 404)
     # An empty body means "whatever production points at".
@@ -232,6 +241,101 @@ def test_admin_reload_swaps_the_model_and_requires_the_token(client, holdout_rec
     text = client.get("/metrics").get_data(as_text=True)
     assert 'tickguard_model_reloads_total{result="ok"} 2.0' in text
     assert 'tickguard_model_reloads_total{result="failed"} 2.0' in text
+
+
+def test_reload_by_name_swaps_only_that_model(client, holdout_records, production_card):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post(f"/admin/reload/{FRAUD}", json={"version": LR_MODEL}).status_code == 401
+    swapped = client.post(f"/admin/reload/{FRAUD}", json={"version": LR_MODEL}, headers=headers)
+    assert swapped.status_code == 200
+    assert swapped.get_json()["model"] == FRAUD and swapped.get_json()["model_version"] == LR_MODEL
+    assert client.post(f"/predict?model={NO_TIME}", json=holdout_records[0]).get_json()["model_version"] == (
+        NO_TIME_MODEL
+    )
+    # A version of another detector is not a version of this one.
+    other = client.post(f"/admin/reload/{NO_TIME}", json={"version": LR_MODEL}, headers=headers)
+    assert other.status_code == 404 and NO_TIME in other.get_json()["error"]
+    unknown = client.post("/admin/reload/nope", headers=headers)
+    assert unknown.status_code == 404 and "fraud, notime" in unknown.get_json()["error"]
+    back = client.post(f"/admin/reload/{FRAUD}", headers=headers)  # empty body: production again
+    assert back.get_json()["model_version"] == production_card["version"]
+
+
+def test_predict_names_the_model_with_a_query_parameter(client, holdout_records, production_card):
+    record = holdout_records[0]
+    default = client.post("/predict", json=record).get_json()
+    named = client.post(f"/predict?model={FRAUD}", json=record).get_json()
+    assert default == named and named["model_version"] == production_card["version"]
+    # notime does not use Time; the same record (with Time) is accepted and Time ignored.
+    notime = client.post(f"/predict?model={NO_TIME}", json=record).get_json()
+    without_time = {name: record[name] for name in FEATURES_WITHOUT_TIME}
+    assert notime == client.post(f"/predict?model={NO_TIME}", json=without_time).get_json()
+    assert notime["model_version"] == NO_TIME_MODEL and notime["score"] != named["score"]
+    unknown = client.post("/predict?model=nope", json=record)
+    assert unknown.status_code == 404
+    assert unknown.get_json()["error"] == "unknown model 'nope'; this server serves fraud, notime"
+    assert client.get(f"/model?model={NO_TIME}").get_json()["features"] == FEATURES_WITHOUT_TIME
+    tensor = {"name": "features", "shape": [1, 29], "datatype": "FP64", "data": list(without_time.values())}
+    infer = client.post(f"/v2/models/{NO_TIME}/infer", json={"inputs": [tensor]}).get_json()
+    assert infer["model_name"] == NO_TIME and infer["outputs"][0]["data"] == [notime["score"]]
+
+
+def test_models_lists_every_served_model(client, production_card):
+    listed = {entry["name"]: entry for entry in client.get("/models").get_json()["models"]}
+    assert set(listed) == {FRAUD, NO_TIME}
+    fraud = listed[FRAUD]
+    assert (fraud["version"], fraud["features"], fraud["threshold"]) == (
+        production_card["version"],
+        production_card["features"],
+        production_card["threshold"],
+    )
+    assert fraud["detector"] == FRAUD and fraud["ready"] is True
+    assert fraud["detector_sha256"] == production_card.get("detector_sha256")
+    assert listed[NO_TIME]["features"] == FEATURES_WITHOUT_TIME and listed[NO_TIME]["detector_sha256"] is None
+
+
+def _models_with_a_bad_fraud(service_models_dir, tmp_path, change):
+    """A models dir: notime as in the fixture, and fraud/production = svc-lr with its card changed."""
+    import shutil
+
+    from tickguard.modelstore import CARD_FILE, promote
+
+    root = tmp_path / "models"
+    shutil.copytree(service_models_dir / NO_TIME, root / NO_TIME, symlinks=True)
+    shutil.copytree(service_models_dir / FRAUD / LR_MODEL, root / FRAUD / LR_MODEL)
+    card_path = root / FRAUD / LR_MODEL / CARD_FILE
+    card = json.loads(card_path.read_text())
+    change(card)
+    card_path.write_text(json.dumps(card))
+    promote(root / FRAUD, LR_MODEL)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda card: card["detector"].update(label={"field": "Class", "positive": [0]}), "label differs"),
+        (lambda card: card.update(detector_sha256="f" * 64), "detector spec hash differs (card ffffffffffff"),
+        (lambda card: card.update(features=list(reversed(card["features"]))), "features differ"),
+    ],
+    ids=["label", "hash", "features"],
+)
+def test_a_model_that_disagrees_with_its_detector_is_refused_and_the_others_serve(
+    service_models_dir, tmp_path, holdout_records, change, message
+):
+    root = _models_with_a_bad_fraud(service_models_dir, tmp_path, change)
+    client = create_app(ServiceConfig(models_dir=root, log_level="WARNING")).test_client()
+    listed = {entry["name"]: entry for entry in client.get("/models").get_json()["models"]}
+    assert listed[NO_TIME]["ready"] is True and listed[FRAUD]["ready"] is False
+    error = listed[FRAUD]["error"]
+    assert error.startswith(f"model fraud: model {LR_MODEL} (") and "disagrees with detector fraud" in error
+    assert message in error
+    refused = client.post("/predict", json=holdout_records[0])  # the default is fraud, which is down
+    assert refused.status_code == 503 and message in refused.get_json()["error"]
+    served = client.post(f"/predict?model={NO_TIME}", json=holdout_records[0])
+    assert served.status_code == 200 and served.get_json()["model_version"] == NO_TIME_MODEL
+    ready = client.get("/v2/health/ready").get_json()
+    assert ready["models"] == {FRAUD: False, NO_TIME: True} and message in ready["errors"][0]
 
 
 def test_admin_is_disabled_without_a_token(service_models_dir):
@@ -257,14 +361,14 @@ def test_config_reads_env_and_rejects_bad_values():
         {
             "TICKGUARD_MAX_ROWS": "5",
             "TICKGUARD_ADMIN_TOKEN": "",
-            "TICKGUARD_MODEL_NAME": "m",
+            "TICKGUARD_DETECTORS": "fraud, shuttle,",
             "TICKGUARD_LOG_LEVEL": "debug",
         }
     )
-    assert (config.max_rows, config.admin_token, config.model_name, config.log_level) == (
+    assert (config.max_rows, config.admin_token, config.detectors, config.log_level) == (
         5,
         None,
-        "m",
+        ("fraud", "shuttle"),
         "DEBUG",
     )
     with pytest.raises(TickguardError, match="TICKGUARD_MAX_BODY_BYTES"):

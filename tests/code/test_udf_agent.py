@@ -113,8 +113,9 @@ def test_scored_points_carry_every_output_field_in_input_order(udf_agent_factory
     wire.send_raw(b"".join(frame(r.SerializeToString()) for r in requests))
 
     from tickguard.modelstore import load_model
+    from tickguard.service.app import model_dir_of
 
-    expected = load_model(scoring_service.app.extensions["tickguard"]["holder"].current.path).score(X)
+    expected = load_model(model_dir_of(scoring_service.app)).score(X)
     cells = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     for i, request in enumerate(requests):
         point = wire.receive_kind("point").point

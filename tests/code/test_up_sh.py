@@ -171,7 +171,7 @@ def test_up_sh_diagnoses_a_dependency_that_fails(
     checkout = copy_scripts(tmp_path / "repo")
     (checkout / "data" / "raw").mkdir(parents=True)
     (checkout / "data" / "raw" / "creditcard.csv").write_text("placeholder: up.sh only checks it exists\n")
-    (checkout / "models" / "production").mkdir(parents=True)
+    (checkout / "models" / "fraud" / "production").mkdir(parents=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(FAKE_DOCKER)

@@ -86,7 +86,8 @@ def test_local_up_reports_the_finished_generator_and_confirms_every_process_stop
 
     require(default_csv_path().is_file(), f"{default_csv_path()} missing: run `make data`")
     # The committed production model, as a user's first run serves it.
-    require((repo_root() / "models" / "production").exists(), "models/production missing: make train")
+    fraud_model = repo_root() / "models" / "fraud" / "production"
+    require(fraud_model.exists(), "models/fraud/production missing: make train")
     workdir = tmp_path / "stack"
     command = [sys.executable, "-m", "tickguard.cli", "up", "--local", "--count", str(COUNT), "--rate", "200"]
     command += ["--workdir", str(workdir)]

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.fixtures.service import FEATURES_WITH_TIME, NO_TIME_MODEL
+from tests.fixtures.service import FEATURES_WITH_TIME, FRAUD, LR_MODEL, NO_TIME, NO_TIME_MODEL
 from tickguard.service.local import LocalService
 
 TOKEN = "gunicorn-test-token"
@@ -17,7 +17,7 @@ TOKEN = "gunicorn-test-token"
 
 @pytest.fixture(scope="module")
 def served(service_models_dir, tmp_path_factory):
-    """A running 2-worker server on a free port; its log file is kept for assertions."""
+    """A running 2-worker server of both fixture models (fraud, notime) on a free port; its log is kept."""
     log_file = tmp_path_factory.mktemp("serve") / "serve.log"
     service = LocalService(
         model="production",
@@ -41,7 +41,7 @@ def served(service_models_dir, tmp_path_factory):
 def worker_pids(base_url: str) -> set[str]:
     """PIDs of workers that have reported tickguard_model_info."""
     text = requests.get(f"{base_url}/metrics", timeout=10).text
-    return set(re.findall(r'tickguard_model_info\{pid="(\d+)"', text))
+    return set(re.findall(r'tickguard_model_info\{[^}]*pid="(\d+)"', text))
 
 
 def test_batch_over_http_with_request_id(served, holdout_records, production_card):
@@ -108,26 +108,44 @@ def test_metrics_are_summed_over_workers(served, holdout_records):
 def test_reload_reaches_every_worker_and_bad_reload_keeps_serving(served, holdout_records, production_card):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     response = requests.post(
-        f"{served.url}/admin/reload", json={"model": NO_TIME_MODEL}, headers=headers, timeout=30
+        f"{served.url}/admin/reload/{FRAUD}", json={"version": LR_MODEL}, headers=headers, timeout=30
     )
     assert response.status_code == 200, response.text
-    # New connections each time, so requests land on both workers.
+    # New connections each time, so requests land on both workers; notime is not swapped.
     versions = {
-        requests.post(
-            f"{served.url}/predict", json=holdout_records[0], headers={"Connection": "close"}, timeout=10
-        ).json()["model_version"]
+        (
+            requests.post(
+                f"{served.url}/predict", json=holdout_records[0], headers={"Connection": "close"}, timeout=10
+            ).json()["model_version"],
+            requests.post(
+                f"{served.url}/predict?model={NO_TIME}",
+                json=holdout_records[0],
+                headers={"Connection": "close"},
+                timeout=10,
+            ).json()["model_version"],
+        )
         for _ in range(30)
     }
-    assert versions == {NO_TIME_MODEL}
+    assert versions == {(LR_MODEL, NO_TIME_MODEL)}
     failed = requests.post(
         f"{served.url}/admin/reload", json={"model": "does-not-exist"}, headers=headers, timeout=30
     )
     assert failed.status_code == 404 and "error" in failed.json()
-    assert requests.get(f"{served.url}/model", timeout=10).json()["version"] == NO_TIME_MODEL
+    assert requests.get(f"{served.url}/model", timeout=10).json()["version"] == LR_MODEL
     back = requests.post(
         f"{served.url}/admin/reload", json={"model": "production"}, headers=headers, timeout=30
     )
     assert back.status_code == 200 and back.json()["model_version"] == production_card["version"]
+
+
+def test_models_lists_both_models_with_their_features(served, production_card):
+    listed = {
+        entry["name"]: entry for entry in requests.get(f"{served.url}/models", timeout=10).json()["models"]
+    }
+    assert set(listed) == {FRAUD, NO_TIME}
+    assert listed[FRAUD]["features"] == production_card["features"]
+    assert listed[NO_TIME]["version"] == NO_TIME_MODEL
+    assert requests.get(f"{served.url}/v2/models/{NO_TIME}/ready", timeout=10).status_code == 200
 
 
 def test_logs_are_json_lines_with_request_ids(served, holdout_records):

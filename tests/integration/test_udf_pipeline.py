@@ -128,8 +128,9 @@ def test_stream_task_scores_every_point_and_marks_malformed_ones(
     assert len(rows) == 1500
     rows.sort(key=lambda r: r["time"])
     from tickguard.modelstore import load_model
+    from tickguard.service.app import model_dir_of
 
-    expected = load_model(scoring_service.app.extensions["tickguard"]["holder"].current.path).score(X)
+    expected = load_model(model_dir_of(scoring_service.app)).score(X)
     for i, row in enumerate(rows):
         assert row["time"] == BASE_NS + i * 1_000_000
         assert row["scored"] is True and row["model_version"] == MODEL_VERSION and row["threshold"] == 0.5

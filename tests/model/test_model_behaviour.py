@@ -1,4 +1,4 @@
-"""Behaviour of trained models: the served one (models/production) and a fast one trained here."""
+"""Behaviour of trained models: the served one (models/fraud/production) and a fast one trained here."""
 
 from __future__ import annotations
 
@@ -112,9 +112,9 @@ def test_stored_threshold_reaches_the_precision_target_on_validation(fast_model_
 def test_fast_training_does_not_touch_production(fast_model_dir):
     from tickguard.training.config import models_dir
 
-    link = models_dir() / modelstore.PRODUCTION
-    if link.exists():
-        assert modelstore.resolve_model_dir(models_dir()) != fast_model_dir.resolve()
+    fraud_dir = modelstore.detector_models_dir(models_dir(), "fraud")
+    if (fraud_dir / modelstore.PRODUCTION).exists():
+        assert modelstore.resolve_model_dir(fraud_dir) != fast_model_dir.resolve()
 
 
 def test_served_scores_equal_the_plain_pipelines(production_model, holdout):
@@ -135,7 +135,9 @@ def test_production_model_is_served_compiled_and_equals_its_pipeline_on_the_whol
 
 
 def test_fast_trained_model_is_served_compiled(fast_model_dir, holdout):
-    artifact = modelstore.load_model(fast_model_dir)
+    from tickguard.scoring.predictor import Predictor
+
+    artifact = Predictor.load(fast_model_dir, max_rows=100_000)
     assert artifact.scored_by == "compiled"
     X = holdout[artifact.features].to_numpy()[:20_000]
     np.testing.assert_allclose(artifact.score(X), artifact.reference_score(X), rtol=0, atol=1e-12)

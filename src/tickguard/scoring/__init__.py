@@ -1,7 +1,26 @@
-"""Prediction logic of the REST service, free of any web framework: parse, validate, score."""
+"""Prediction logic of the REST service, free of any web framework: parse, validate, score.
 
-from tickguard.scoring.errors import ScoringError
-from tickguard.scoring.payloads import FeatureSchema, decode_json
-from tickguard.scoring.predictor import ModelHolder, Predictor
+Names are resolved on first use: `tickguard.scoring.payloads` (the /predict contract) is imported by
+the UDF agent, whose image has no numpy, so importing the package must not import the predictor.
+"""
 
-__all__ = ["FeatureSchema", "ModelHolder", "Predictor", "ScoringError", "decode_json"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ScoringError": "tickguard.scoring.errors",
+    "FeatureSchema": "tickguard.scoring.payloads",
+    "decode_json": "tickguard.scoring.payloads",
+    "ModelHolder": "tickguard.scoring.predictor",
+    "ModelRegistry": "tickguard.scoring.predictor",
+    "Predictor": "tickguard.scoring.predictor",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tickguard.scoring' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

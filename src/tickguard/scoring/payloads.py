@@ -1,8 +1,19 @@
-"""Turn decoded JSON request bodies into a float feature matrix, or say exactly what is wrong.
+"""The `/predict` contract, both sides: what a client sends and reads back, what the server accepts.
 
-Every parser has a fast path (one C-level pass to gather values, one `np.array` call) and, only
-when that path meets something odd, a slow path that walks the input and names each offending
+One module for the request and the response, so the agent, the backfill, the notebooks and the
+service cannot drift apart:
+- clients build bodies with `columns_request` / `instances_request`, address a model with
+  `predict_path` / `card_path` (`?model=NAME`; no name = the server's default model) and read answers
+  with `parse_predict_response` / `card_features`;
+- the service turns decoded bodies into a float feature matrix with `FeatureSchema` (or says exactly
+  what is wrong) and answers with `predict_response_body`.
+
+Every server-side parser has a fast path (one C-level pass to gather values, one `np.array` call) and,
+only when that path meets something odd, a slow path that walks the input and names each offending
 field and row. Valid batches never pay for the error reporting.
+
+Clients run where numpy is not installed (the UDF agent's image), so numpy is imported by the
+server-side functions only; the module itself needs orjson and the standard library.
 """
 
 from __future__ import annotations
@@ -10,14 +21,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-import numpy as np
 import orjson
 
 from tickguard.scoring.errors import ScoringError, problem
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Features a client may send that some models do not use (the data set's `Time` column is an
 # offset from the first transaction, which a model may or may not have been trained on).
@@ -71,6 +86,8 @@ def _to_matrix(rows: Sequence[Sequence[Any]], width: int) -> np.ndarray | None:
     """Rows of plain finite numbers -> float64 matrix; None when anything needs a closer look."""
     if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
         return None
+    import numpy as np
+
     try:
         matrix = np.array(rows, dtype=np.float64)
     except (ValueError, OverflowError):
@@ -128,6 +145,8 @@ class FeatureSchema:
             raise ScoringError(400, "'instances' must be an array of objects")
         self.check_row_count(len(rows))
         if not rows:
+            import numpy as np
+
             return np.empty((0, len(self.features)), dtype=np.float64)
         width = len(self.features)
         plain = width + len(self.ignored)
@@ -189,6 +208,8 @@ class FeatureSchema:
                 400, "the columns do not match the model's features (row null = every row)", problems
             )
         width = len(columns)
+        import numpy as np
+
         if not data:
             return np.empty((0, len(self.features)), dtype=np.float64)
         order = [columns.index(name) for name in self.features]
@@ -235,6 +256,8 @@ class FeatureSchema:
 
     def finite_matrix(self, matrix: np.ndarray, names: Sequence[str]) -> None:
         """Raise a per-cell error for NaN/inf cells of an already-numeric matrix."""
+        import numpy as np
+
         bad_rows, bad_cols = np.nonzero(~np.isfinite(matrix))
         if bad_rows.size == 0:
             return
@@ -260,3 +283,97 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+# ---- the response, and the client's side of the contract --------------------------------------
+
+PREDICT_PATH = "/predict"
+CARD_PATH = "/model"
+# Query parameter naming the model (a body field could clash with a feature of that name).
+MODEL_PARAM = "model"
+
+
+class PayloadError(ValueError):
+    """A /predict or /model answer a client cannot use (not the contract's shape)."""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """A batch /predict answer: scores and flags in input order, and the model that made them."""
+
+    scores: list[float]
+    flags: list[bool]
+    threshold: float
+    model_version: str
+
+
+def predict_response_body(
+    scores: np.ndarray, anomalies: np.ndarray, threshold: float, version: str, single: bool
+) -> dict[str, Any]:
+    """The /predict answer: a flat result for one record, `predictions` in input order for a batch."""
+    if single:
+        return {
+            "score": float(scores[0]),
+            "anomaly": bool(anomalies[0]),
+            "threshold": threshold,
+            "model_version": version,
+        }
+    predictions = [
+        {"score": score, "anomaly": anomaly}
+        for score, anomaly in zip(scores.tolist(), anomalies.tolist(), strict=True)
+    ]
+    return {"predictions": predictions, "threshold": threshold, "model_version": version}
+
+
+def _with_model(path: str, model: str | None) -> str:
+    return f"{path}?{MODEL_PARAM}={quote(model, safe='')}" if model else path
+
+
+def predict_path(model: str | None = None) -> str:
+    """Path of /predict for `model` (None = the server's default model)."""
+    return _with_model(PREDICT_PATH, model)
+
+
+def card_path(model: str | None = None) -> str:
+    """Path of the model card (GET /model) of `model` (None = the server's default model)."""
+    return _with_model(CARD_PATH, model)
+
+
+def columns_request(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> bytes:
+    """A column-oriented batch body (the compact form): one list of names, one list of values per row."""
+    return orjson.dumps({"columns": list(columns), "data": rows})
+
+
+def instances_request(records: Sequence[dict[str, float]]) -> bytes:
+    """A batch body of {feature: value} records."""
+    return orjson.dumps({"instances": list(records)})
+
+
+def parse_predict_response(content: bytes, rows: int | None = None) -> PredictResult:
+    """Read a batch /predict answer; PayloadError when it is not one (or not `rows` predictions long)."""
+    try:
+        payload = orjson.loads(content)
+        predictions = payload["predictions"]
+        result = PredictResult(
+            [float(p["score"]) for p in predictions],
+            [bool(p["anomaly"]) for p in predictions],
+            float(payload["threshold"]),
+            str(payload["model_version"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise PayloadError("the scoring service returned an unexpected /predict body") from None
+    if rows is not None and len(result.scores) != rows:
+        raise PayloadError(f"the scoring service returned {len(result.scores)} scores for {rows} rows")
+    return result
+
+
+def parse_card(content: bytes) -> dict[str, Any]:
+    """Read a GET /model answer: the model card, with a usable `features` list (else PayloadError)."""
+    try:
+        card = orjson.loads(content)
+        features = card["features"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise PayloadError("the scoring service did not return a model card with 'features'") from None
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise PayloadError("the scoring service returned an unusable feature list")
+    return card

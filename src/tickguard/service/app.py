@@ -1,4 +1,9 @@
-"""The Flask app: routes, error handling, request ids, logs and metrics around tickguard.scoring."""
+"""The Flask app: routes, error handling, request ids, logs and metrics around tickguard.scoring.
+
+One app serves every detector's production model (`models/<detector>/production`): the V2 routes name
+the model in the path, `/predict` and `GET /model` take `?model=NAME` (default: the only model, or
+`fraud`), `GET /models` lists them and `POST /admin/reload/{name}` swaps one.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tickguard import __version__
-from tickguard.scoring import ModelHolder, Predictor, ScoringError, decode_json
+from tickguard.scoring.errors import ScoringError
+from tickguard.scoring.payloads import MODEL_PARAM, decode_json
+from tickguard.scoring.predictor import ModelHolder, ModelRegistry, Predictor
 from tickguard.scoring.v2 import infer_response, model_metadata, parse_infer
 from tickguard.service.body import read_body
 from tickguard.service.config import ServiceConfig
@@ -29,10 +36,9 @@ log = logging.getLogger("tickguard.service")
 # Client-supplied request ids are echoed into logs and headers, so only plain tokens are kept.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Polled constantly by health checks and scrapers: logged at DEBUG, not INFO.
-_QUIET_ENDPOINTS = {"live", "ready", "metrics", "model_ready"}
+_QUIET_ENDPOINTS = {"live", "ready", "metrics", "model_ready", "models"}
 _SCORING_ENDPOINTS = {"predict", "infer"}
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-POINTER_FILE = "active_model.json"
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -48,7 +54,7 @@ def _snake(name: str) -> str:
 
 
 def create_app(config: ServiceConfig | None = None) -> Flask:
-    """Build the service: load the model once (for this process) and register every route."""
+    """Build the service: load every served model once (for this process) and register every route."""
     config = config or ServiceConfig.from_env()
     configure_logging(config.log_level)
     app = Flask("tickguard.service")
@@ -57,11 +63,15 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
     metrics = ServiceMetrics()
-    pointer = config.runtime_dir / POINTER_FILE if config.runtime_dir else None
-    holder = ModelHolder(config.models_dir, config.max_rows, shared_pointer=pointer)
-    holder.load_initial(config.model)
-    app.extensions["tickguard"] = {"config": config, "holder": holder, "metrics": metrics}
-    noted = {"predictor": None}
+    registry = ModelRegistry.discover(
+        config.models_dir,
+        config.max_rows,
+        detectors=config.detectors,
+        model=config.model,
+        runtime_dir=config.runtime_dir,
+    )
+    app.extensions["tickguard"] = {"config": config, "registry": registry, "metrics": metrics}
+    noted: dict[str, Predictor] = {}
     # Generated request ids: a random per-process prefix and a counter, 32 hex digits like a uuid4
     # but without a getrandom() call per request.
     id_prefix = os.urandom(8).hex()
@@ -69,26 +79,23 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
     openapi_cache: dict[str, Any] = {}
     metric_children: dict[tuple[str, str, int], tuple] = {}
 
-    def note_model(predictor: Predictor | None) -> None:
-        """Keep tickguard_model_info in step with the model this process serves."""
-        previous = noted["predictor"]
-        if predictor is previous or predictor is None:
-            return
-        if previous is not None and previous.version != predictor.version:
-            metrics.model_info.labels(version=previous.version).set(0)
-        metrics.model_info.labels(version=predictor.version).set(1)
-        noted["predictor"] = predictor
+    def note_models() -> None:
+        """Keep tickguard_model_info in step with the models this process serves."""
+        for holder in registry.holders:
+            predictor = holder.current
+            previous = noted.get(holder.detector)
+            if predictor is previous or predictor is None:
+                continue
+            if previous is not None and previous.version != predictor.version:
+                metrics.model_info.labels(model=holder.name, version=previous.version).set(0)
+            metrics.model_info.labels(model=holder.name, version=predictor.version).set(1)
+            noted[holder.detector] = predictor
 
-    note_model(holder.current)
+    note_models()
 
-    def serving() -> Predictor:
-        """The model for this request, or 503 when none could be loaded."""
-        predictor = holder.current
-        if predictor is None:
-            raise ScoringError(
-                503, f"no model loaded: {holder.last_error or 'unknown reason'}", code="model_unavailable"
-            )
-        return predictor
+    def requested_model() -> str | None:
+        """The model a /predict or GET /model request names (`?model=NAME`), None for the default."""
+        return request.args.get(MODEL_PARAM) or None
 
     def json_body(optional: bool = False) -> Any:
         """The decoded JSON body: 415 for other content types, 413 over the size limit, 400 if malformed."""
@@ -104,14 +111,8 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         return decode_json(read_body(request, config.max_body_bytes))
 
     def check_model_name(name: str, version: str | None = None) -> Predictor:
-        """404 unless `name` (and `version`, if given) is the served model."""
-        if name != config.model_name:
-            raise ScoringError(
-                404,
-                f"unknown model {name!r}; this server serves {config.model_name!r}",
-                code="model_not_found",
-            )
-        predictor = serving()
+        """404 unless `name` (and `version`, if given) is a served model."""
+        predictor = registry.serving(name)
         if version is not None and version != predictor.version:
             raise ScoringError(
                 404,
@@ -129,8 +130,8 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.fullmatch(supplied) else f"{id_prefix}{next(id_counter):016x}"
         g.rows = 0
-        holder.sync()
-        note_model(holder.current)
+        registry.sync()
+        note_models()
 
     @app.after_request
     def finish_request(response: Response) -> Response:
@@ -217,8 +218,8 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.post("/predict", endpoint="predict")
     def predict() -> Response:
-        """Score one record or a batch."""
-        predictor = serving()
+        """Score one record or a batch with the model named by ?model= (default: the only one, or fraud)."""
+        predictor = registry.serving(requested_model())
         body, rows = predictor.predict_response(json_body())
         g.rows = rows
         return _json(body)
@@ -233,9 +234,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         scores, anomalies = predictor.predict(matrix)
         g.rows = int(matrix.shape[0])
         request_id = payload.get("id") if isinstance(payload.get("id"), str) else g.request_id
-        return _json(
-            infer_response(config.model_name, predictor.version, request_id, scores, anomalies, outputs)
-        )
+        return _json(infer_response(name, predictor.version, request_id, scores, anomalies, outputs))
 
     # ---- V2 health and metadata ------------------------------------------------------------
 
@@ -251,20 +250,27 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.get("/v2/health/ready", endpoint="ready")
     def ready() -> Response:
-        """Ready when a model is loaded."""
-        predictor = holder.current
-        if predictor is None:
-            return _json({"ready": False, "error": f"no model loaded: {holder.last_error}"}, 503)
-        return _json({"ready": True, "model_version": predictor.version})
+        """Ready when at least one model is loaded; the body says which are and why others are not."""
+        loaded = registry.loaded()
+        models = {holder.name: holder.current is not None for holder in registry.holders}
+        errors = registry.errors()
+        if not loaded:
+            return _json(
+                {"ready": False, "models": models, "error": f"no model loaded: {'; '.join(errors)}"}, 503
+            )
+        body: dict[str, Any] = {"ready": True, "models": models}
+        if len(registry.holders) == 1:
+            body["model_version"] = loaded[0].current.version
+        if errors:
+            body["errors"] = errors
+        return _json(body)
 
     @app.get("/v2/models/<name>", endpoint="model_metadata")
     @app.get("/v2/models/<name>/versions/<version>", endpoint="model_metadata")
     def v2_model_metadata(name: str, version: str | None = None) -> Response:
         """Inputs and outputs of the served model."""
         predictor = check_model_name(name, version)
-        return _json(
-            model_metadata(config.model_name, predictor.version, predictor.schema, predictor.threshold)
-        )
+        return _json(model_metadata(name, predictor.version, predictor.schema, predictor.threshold))
 
     @app.get("/v2/models/<name>/ready", endpoint="model_ready")
     @app.get("/v2/models/<name>/versions/<version>/ready", endpoint="model_ready")
@@ -277,12 +283,22 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.get("/model", endpoint="model_card")
     def model_card() -> Response:
-        """The served model's card."""
-        return _json(serving().artifact.card)
+        """The card of the model named by ?model= (default: the only one, or fraud)."""
+        return _json(registry.serving(requested_model()).artifact.card)
+
+    @app.get("/models", endpoint="models")
+    def models() -> Response:
+        """Every served model: name, detector, version, features, threshold, detector hash (or its error)."""
+        entries = [holder.describe() for holder in registry.holders]
+        body: dict[str, Any] = {"models": sorted(entries, key=lambda entry: entry["name"])}
+        if registry.discovery_error:
+            body["error"] = registry.discovery_error
+        return _json(body)
 
     @app.post("/admin/reload", endpoint="admin_reload")
-    def admin_reload() -> Response:
-        """Swap in another model version after verifying it; the old one serves until then."""
+    @app.post("/admin/reload/<name>", endpoint="admin_reload")
+    def admin_reload(name: str | None = None) -> Response:
+        """Swap in another version of one model after verifying it; the old one serves until then."""
         if not config.admin_token:
             raise ScoringError(
                 503, "admin endpoint disabled: set TICKGUARD_ADMIN_TOKEN to enable it", code="admin_disabled"
@@ -297,21 +313,24 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         body = json_body(optional=True) or {}
         if (
             not isinstance(body, dict)
-            or not set(body) <= {"model"}
-            or not isinstance(body.get("model", ""), str)
+            or not set(body) <= {"version", "model"}
+            or not all(isinstance(value, str) for value in body.values())
         ):
-            raise ScoringError(400, 'the body must be {"model": "<version or production>"} or empty')
-        target = body.get("model") or "production"
+            raise ScoringError(400, 'the body must be {"version": "<version or production>"} or empty')
+        # "model" is the version's older spelling, from before several models were served.
+        target = body.get("version") or body.get("model") or "production"
         try:
+            holder = registry.get(name)
             new, old = holder.reload(target)
         except ScoringError:
             metrics.reloads.labels(result="failed").inc()
             raise
         metrics.reloads.labels(result="ok").inc()
-        note_model(new)
+        note_models()
         log.info(
             "model reloaded",
             extra={
+                "model": holder.name,
                 "model_version": new.version,
                 "previous_version": old.version if old else None,
                 "model_dir": str(new.path),
@@ -320,6 +339,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         return _json(
             {
                 "status": "reloaded",
+                "model": holder.name,
                 "model_version": new.version,
                 "previous_version": old.version if old else None,
                 "model_dir": str(new.path),
@@ -334,27 +354,44 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
 
     @app.get("/openapi.json", endpoint="openapi")
     def openapi() -> Response:
-        """The OpenAPI 3 document (feature schema of the model being served)."""
-        predictor = holder.current
-        features = list(predictor.schema.features) if predictor else []
-        ignored = sorted(predictor.schema.ignored) if predictor else ["Time"]
-        key = predictor.version if predictor else ""
+        """The OpenAPI 3 document (feature schemas of the models being served)."""
+        loaded = [(holder.name, holder.current) for holder in registry.holders if holder.current is not None]
+        key = tuple((name, predictor.version) for name, predictor in loaded)
         if key not in openapi_cache:
             openapi_cache.clear()
-            openapi_cache[key] = orjson.dumps(build_openapi(features, ignored, config.model_name))
+            try:
+                default = registry.get(None).name
+            except ScoringError:
+                default = None
+            schemas = {
+                name: (list(predictor.schema.features), sorted(predictor.schema.ignored))
+                for name, predictor in loaded
+            }
+            openapi_cache[key] = orjson.dumps(build_openapi(schemas, default))
         return Response(openapi_cache[key], mimetype="application/json")
 
     @app.get("/", endpoint="index")
     def index() -> Response:
         """Where to look next."""
         return _json(
-            {"service": "tickguard", "version": __version__, "openapi": "/openapi.json", "model": "/model"}
+            {
+                "service": "tickguard",
+                "version": __version__,
+                "openapi": "/openapi.json",
+                "models": "/models",
+                "model": "/model",
+            }
         )
 
     return app
 
 
-def model_dir_of(app: Flask) -> Path | None:
-    """Directory of the model an app currently serves (for tests and tools)."""
-    predictor = app.extensions["tickguard"]["holder"].current
+def holder_of(app: Flask, name: str | None = None) -> ModelHolder:
+    """The holder of model `name` (None = the default model) in an app (for tests and tools)."""
+    return app.extensions["tickguard"]["registry"].get(name)
+
+
+def model_dir_of(app: Flask, name: str | None = None) -> Path | None:
+    """Directory of the model an app currently serves under `name` (for tests and tools)."""
+    predictor = holder_of(app, name).current
     return predictor.path if predictor else None

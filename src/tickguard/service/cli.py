@@ -1,4 +1,9 @@
-"""`tickguard serve`: run the REST service under gunicorn for local use."""
+"""`tickguard serve`: run the REST service under gunicorn for local use.
+
+One service serves every detector's production model (`models/<detector>/production`), or the
+detectors named with `--detector`. The arguments are checked here, before gunicorn starts, so a
+missing model is one line on the terminal rather than a worker log.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ import sys
 from pathlib import Path
 
 from tickguard.errors import TickguardError
-from tickguard.modelstore import read_card, resolve_model_dir
+from tickguard.modelstore import (
+    PRODUCTION,
+    detector_models_dir,
+    production_models,
+    read_card,
+    resolve_model_dir,
+)
 from tickguard.service.config import DEFAULT_MODELS_DIR
 
 
@@ -17,35 +28,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the REST scoring service (gunicorn)",
-        description="Serve /predict, the Open Inference Protocol V2 routes, /model and /metrics with gunicorn.",
+        description="Serve /predict, the Open Inference Protocol V2 routes, /models, /model and /metrics "
+        "with gunicorn, for every detector with a production model (or those named with --detector).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     parser.add_argument(
+        "--detector",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="serve this detector's model (repeatable; default: every models/<detector>/production)",
+    )
+    parser.add_argument(
         "--model",
-        default=os.environ.get("TICKGUARD_MODEL_DIR") or "production",
-        help="model version name, 'production' or a model directory (default production)",
+        default=os.environ.get("TICKGUARD_MODEL_DIR") or PRODUCTION,
+        help="with one detector: its version name, 'production' or a model directory (default production)",
     )
     parser.add_argument(
         "--models-dir",
         default=os.environ.get("TICKGUARD_MODELS_DIR") or DEFAULT_MODELS_DIR,
-        help="directory of model versions (default models)",
+        help="directory of models/<detector>/<version> (default models)",
     )
     parser.set_defaults(func=serve, extras=("serve",))
 
 
+def served_models(models_dir: Path, detectors: list[str] | None, model: str) -> dict[str, dict]:
+    """The card each served detector starts with, or a TickguardError naming what is missing."""
+    names = list(dict.fromkeys(detectors or ())) or list(production_models(models_dir))
+    if not names:
+        raise TickguardError(
+            f"no model to serve: no {models_dir}/<detector>/{PRODUCTION} "
+            "(run `make train`, or `tickguard models import`)"
+        )
+    if model != PRODUCTION and len(names) > 1:
+        raise TickguardError(f"--model {model} needs exactly one --detector (serving {', '.join(names)})")
+    return {
+        name: read_card(resolve_model_dir(detector_models_dir(models_dir, name), model)) for name in names
+    }
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Check the model is there, then replace this process with gunicorn."""
+    """Check the models are there, then replace this process with gunicorn."""
     models_dir = Path(args.models_dir).resolve()
-    model_dir = resolve_model_dir(models_dir, args.model)
-    card = read_card(model_dir)
+    cards = served_models(models_dir, args.detector, args.model)
     if not 0 < args.port < 65536:
         raise TickguardError(f"--port {args.port} is not a TCP port")
     if args.workers < 1 or args.threads < 1:
         raise TickguardError("--workers and --threads must be at least 1")
-    env = dict(os.environ, TICKGUARD_MODELS_DIR=str(models_dir), TICKGUARD_MODEL_DIR=str(model_dir))
+    env = dict(os.environ, TICKGUARD_MODELS_DIR=str(models_dir), TICKGUARD_DETECTORS=",".join(cards))
+    env["TICKGUARD_MODEL_DIR"] = args.model
+    if args.model != PRODUCTION:
+        (name,) = cards
+        env["TICKGUARD_MODEL_DIR"] = str(resolve_model_dir(detector_models_dir(models_dir, name), args.model))
     command = [
         sys.executable,
         "-m",
@@ -59,8 +96,9 @@ def serve(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads),
     ]
+    served = ", ".join(f"{name} {card['version']}" for name, card in cards.items())
     print(
-        f"tickguard serve: model {card['version']} on http://{args.host}:{args.port} "
+        f"tickguard serve: {served} on http://{args.host}:{args.port} "
         f"({args.workers} workers x {args.threads} threads)",
         file=sys.stderr,
         flush=True,

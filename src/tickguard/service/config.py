@@ -12,16 +12,15 @@ from tickguard.errors import TickguardError
 
 DEFAULT_MODELS_DIR = "models"
 DEFAULT_MODEL = "production"
-DEFAULT_MODEL_NAME = "fraud"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # ~25,000 rows of 30 features as JSON
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_LOG_LEVEL = "INFO"
 
 # Environment variables, with what they mean (also listed in api/README.md).
 ENV_VARS = {
-    "TICKGUARD_MODELS_DIR": f"directory holding model versions and the production link (default {DEFAULT_MODELS_DIR})",
-    "TICKGUARD_MODEL_DIR": f"model to serve at start: a version directory path or a version name (default {DEFAULT_MODEL})",
-    "TICKGUARD_MODEL_NAME": f"model name in the V2 protocol URLs (default {DEFAULT_MODEL_NAME})",
+    "TICKGUARD_MODELS_DIR": f"directory holding models/<detector>/<version> and models/<detector>/production (default {DEFAULT_MODELS_DIR})",
+    "TICKGUARD_DETECTORS": "comma-separated detectors whose models are served (default: every <detector>/production)",
+    "TICKGUARD_MODEL_DIR": f"version to serve at start when one detector is served: a version directory path or name (default {DEFAULT_MODEL})",
     "TICKGUARD_MAX_BODY_BYTES": f"largest accepted request body in bytes; larger gets 413 (default {DEFAULT_MAX_BODY_BYTES})",
     "TICKGUARD_MAX_ROWS": f"largest accepted batch in rows; larger gets 413 (default {DEFAULT_MAX_ROWS})",
     "TICKGUARD_ADMIN_TOKEN": "bearer token for POST /admin/reload; unset = admin endpoint disabled (no default)",
@@ -35,8 +34,8 @@ class ServiceConfig:
     """Everything the service needs to start; build it with `from_env()` or directly in tests."""
 
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
+    detectors: tuple[str, ...] = ()  # empty: every detector with a production model
     model: str = DEFAULT_MODEL
-    model_name: str = DEFAULT_MODEL_NAME
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_rows: int = DEFAULT_MAX_ROWS
     admin_token: str | None = None
@@ -55,8 +54,10 @@ class ServiceConfig:
         runtime_dir = env.get("TICKGUARD_RUNTIME_DIR") or None
         return cls(
             models_dir=Path(env.get("TICKGUARD_MODELS_DIR") or DEFAULT_MODELS_DIR),
+            detectors=tuple(
+                name.strip() for name in env.get("TICKGUARD_DETECTORS", "").split(",") if name.strip()
+            ),
             model=env.get("TICKGUARD_MODEL_DIR") or DEFAULT_MODEL,
-            model_name=env.get("TICKGUARD_MODEL_NAME") or DEFAULT_MODEL_NAME,
             max_body_bytes=_positive_int(env, "TICKGUARD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             max_rows=_positive_int(env, "TICKGUARD_MAX_ROWS", DEFAULT_MAX_ROWS),
             admin_token=env.get("TICKGUARD_ADMIN_TOKEN") or None,  # empty string = unset

@@ -28,6 +28,7 @@ class LocalService:
         self,
         model: str | Path = "production",
         models_dir: str | Path = "models",
+        detectors: tuple[str, ...] | list[str] = (),
         workers: int = 2,
         threads: int = 4,
         port: int | None = None,
@@ -36,6 +37,7 @@ class LocalService:
     ) -> None:
         self.model = str(model)
         self.models_dir = str(models_dir)
+        self.detectors = tuple(detectors)  # empty: every detector with a production model
         self.workers = workers
         self.threads = threads
         self.port = port or free_port()
@@ -67,6 +69,8 @@ class LocalService:
             "--models-dir",
             self.models_dir,
         ]
+        for detector in self.detectors:
+            command += ["--detector", detector]
         self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             command,

@@ -61,8 +61,8 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "tickguard_model_info",
-            "1 for the model version a worker serves (label pid in multi-worker mode), 0 for older ones.",
-            ["version"],
+            "1 for each model version a worker serves (label pid in multi-worker mode), 0 for older ones.",
+            ["model", "version"],
             registry=self.registry,
             multiprocess_mode="liveall",
         )

@@ -1,8 +1,8 @@
-"""The OpenAPI 3 description of the service, built from the served model's feature list."""
+"""The OpenAPI 3 description of the service, built from the served models' feature lists."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tickguard import __version__
@@ -39,17 +39,56 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
 
 
-def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: str) -> dict[str, Any]:
-    """OpenAPI 3.0 document for every route, with the record schema of the served model."""
-    number = {"type": "number"}
-    record = {
+def _record(model: str, features: Sequence[str], ignored: Sequence[str]) -> dict[str, Any]:
+    """The /predict record schema of one model."""
+    accepted = f" `{'`, `'.join(ignored)}` is accepted and ignored." if ignored else ""
+    return {
         "type": "object",
-        "description": "One transaction. `" + "`, `".join(ignored) + "` is accepted and ignored."
-        if ignored
-        else "",
-        "properties": {name: number for name in [*features, *ignored]},
+        "description": f"One record for model `{model}`.{accepted}",
+        "properties": {name: {"type": "number"} for name in [*features, *ignored]},
         "required": list(features),
         "additionalProperties": False,
+    }
+
+
+def build_openapi(
+    models: Mapping[str, tuple[Sequence[str], Sequence[str]]], default_model: str | None
+) -> dict[str, Any]:
+    """OpenAPI 3.0 document for every route; `models` maps each served model to (features, ignored inputs).
+
+    `Record` is the default model's record; every other model's is `Record_<name>`.
+    """
+    number = {"type": "number"}
+    default_model = default_model if default_model in models else next(iter(models), None)
+    features, ignored = models.get(default_model, ([], ["Time"])) if default_model else ([], ["Time"])
+    record = _record(default_model or "(none loaded)", features, ignored)
+    other_records = {
+        f"Record_{name}": _record(name, *schema) for name, schema in models.items() if name != default_model
+    }
+    record_refs = [{"$ref": "#/components/schemas/Record"}] + [
+        {"$ref": f"#/components/schemas/{key}"} for key in other_records
+    ]
+    model_query = {
+        "name": "model",
+        "in": "query",
+        "required": False,
+        "description": "served model name (GET /models); default: the only model, or `fraud`",
+        "schema": {"type": "string", "enum": sorted(models)} if models else {"type": "string"},
+    }
+    reload_body = _json_body(
+        {
+            "type": "object",
+            "properties": {
+                "version": {"type": "string", "default": "production"},
+                "model": {"type": "string", "description": "older spelling of `version`"},
+            },
+            "additionalProperties": False,
+        },
+        required=False,
+    )
+    reload_responses = {
+        **_ok({"type": "object"}, "The new version serves; old and new versions are returned."),
+        **_error_responses(400, 401, 404, 415, 422, 503),
     }
     tensor = {
         "type": "object",
@@ -72,7 +111,7 @@ def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: s
         "name": "name",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "example": model_name},
+        "schema": {"type": "string", "example": default_model or "fraud"},
     }
     v2_version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     model_meta = _ok({"$ref": ref + "V2ModelMetadata"})
@@ -89,19 +128,20 @@ def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: s
     return {
         "openapi": "3.0.3",
         "info": {
-            "title": "tickguard fraud scoring API",
+            "title": "tickguard scoring API",
             "version": __version__,
-            "description": "Scores credit-card transactions with the served model. Errors are JSON objects "
+            "description": "Scores records with the served models (one per detector). Errors are JSON objects "
             "whose `error` string also satisfies the Open Inference Protocol error format.",
         },
         "paths": {
             "/predict": {
                 "post": {
                     "summary": "Score one record or a batch (instances, or columns + data)",
+                    "parameters": [model_query],
                     "requestBody": _json_body(
                         {
                             "oneOf": [
-                                {"$ref": ref + "Record"},
+                                *record_refs,
                                 {"$ref": ref + "InstancesBatch"},
                                 {"$ref": ref + "ColumnsBatch"},
                             ]
@@ -117,32 +157,38 @@ def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: s
                             },
                             "A single prediction for a record; `predictions` in input order for a batch.",
                         ),
-                        **_error_responses(400, 413, 415, 503),
+                        **_error_responses(400, 404, 413, 415, 503),
                     },
                 }
             },
             "/model": {
                 "get": {
-                    "summary": "The served model's card (version, features in order, threshold, metrics)",
-                    "responses": {**_ok({"type": "object"}), **_error_responses(503)},
+                    "summary": "A served model's card (version, features in order, threshold, metrics, detector)",
+                    "parameters": [model_query],
+                    "responses": {**_ok({"type": "object"}), **_error_responses(400, 404, 503)},
+                }
+            },
+            "/models": {
+                "get": {
+                    "summary": "Every served model: name, detector, version, features, threshold, detector hash",
+                    "responses": _ok({"type": "object"}),
                 }
             },
             "/admin/reload": {
                 "post": {
-                    "summary": "Load another model version; it is verified and test-scored before it serves",
+                    "summary": "Load another version of the default model; verified and test-scored before it serves",
                     "security": [{"bearer": []}],
-                    "requestBody": _json_body(
-                        {
-                            "type": "object",
-                            "properties": {"model": {"type": "string", "default": "production"}},
-                            "additionalProperties": False,
-                        },
-                        required=False,
-                    ),
-                    "responses": {
-                        **_ok({"type": "object"}, "The new model serves; old and new versions are returned."),
-                        **_error_responses(400, 401, 404, 415, 422, 503),
-                    },
+                    "requestBody": reload_body,
+                    "responses": reload_responses,
+                }
+            },
+            "/admin/reload/{name}": {
+                "post": {
+                    "summary": "Load another version of model {name}; verified and test-scored before it serves",
+                    "security": [{"bearer": []}],
+                    "parameters": [v2_name],
+                    "requestBody": reload_body,
+                    "responses": reload_responses,
                 }
             },
             "/metrics": {
@@ -187,10 +233,11 @@ def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: s
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Record": record,
+                **other_records,
                 "InstancesBatch": {
                     "type": "object",
                     "required": ["instances"],
-                    "properties": {"instances": {"type": "array", "items": {"$ref": ref + "Record"}}},
+                    "properties": {"instances": {"type": "array", "items": {"oneOf": record_refs}}},
                     "additionalProperties": False,
                 },
                 "ColumnsBatch": {
@@ -199,7 +246,7 @@ def build_openapi(features: Sequence[str], ignored: Sequence[str], model_name: s
                     "properties": {
                         "columns": {
                             "type": "array",
-                            "items": {"type": "string", "enum": [*features, *ignored]},
+                            "items": {"type": "string"},
                         },
                         "data": {"type": "array", "items": {"type": "array", "items": number}},
                     },

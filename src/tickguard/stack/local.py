@@ -193,10 +193,13 @@ class LocalStack:
         binaries = find_tick_binaries()
         if not binaries.servers_found:
             raise TickguardError(binaries.describe_missing())
-        model_path = self.models_dir / self.model
-        if not model_path.exists():
+        from tickguard.modelstore import PRODUCTION, detector_models_dir, production_models
+
+        model_path = detector_models_dir(self.models_dir) / self.model
+        if not (production_models(self.models_dir) if self.model == PRODUCTION else model_path.exists()):
             raise TickguardError(
-                f"model {model_path} not found: run `make train` (or `make train-fast`) first"
+                f"no model {model_path} (models/<detector>/{PRODUCTION}): run `make train` "
+                "(or `make train-fast`) first"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"

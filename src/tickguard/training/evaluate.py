@@ -12,8 +12,11 @@ from tickguard.training.metrics import metrics_at
 
 def evaluate(model: str | Path = "production", data_path: Path | None = None) -> dict:
     """Holdout metrics of a stored model at its stored threshold, plus whether they match its card."""
-    model_dir = modelstore.resolve_model_dir(config.models_dir(), str(model))
-    artifact = modelstore.load_model(model_dir)
+    from tickguard.scoring.predictor import Predictor  # scores as the service does (compiled if it can)
+
+    fraud_dir = modelstore.detector_models_dir(config.models_dir(), modelstore.DEFAULT_DETECTOR)
+    model_dir = modelstore.resolve_model_dir(fraud_dir, str(model))
+    artifact = Predictor.load(model_dir, max_rows=1)
     _, holdout_df = time_split(load_dataset(data_path))
     X = holdout_df[artifact.features].to_numpy(dtype=float)
     y = holdout_df[TARGET].to_numpy(dtype=int)

@@ -80,7 +80,7 @@ def library_versions() -> dict[str, str]:
 
 
 def default_output_dir(profile: config.TrainProfile, promote: bool, models_root: Path) -> Path:
-    """models/<version> for full or promoted runs; models/_scratch/<version> for fast ones."""
+    """models/<detector>/<version> for full or promoted runs; models/<detector>/_scratch/<version> for fast ones."""
     version = new_version("fast-" if profile.name == "fast" else "")
     if promote or profile.name != "fast":
         return models_root / version
@@ -127,7 +127,7 @@ def train(
 
 def _train(profile: config.TrainProfile, out_dir: Path | None, data_path: Path | None, promote: bool) -> Path:
     started = time.monotonic()
-    models_root = config.models_dir()
+    models_root = modelstore.detector_models_dir(config.models_dir(), modelstore.DEFAULT_DETECTOR)
     out_dir = Path(out_dir) if out_dir is not None else default_output_dir(profile, promote, models_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("training profile %s into %s", profile.name, out_dir)
@@ -241,7 +241,9 @@ def _train(profile: config.TrainProfile, out_dir: Path | None, data_path: Path |
         "targets": TARGETS,
     }
     card["training"]["seconds"] = round(time.monotonic() - started, 1)
-    card = modelstore.save_model(model, card, out_dir)
+    from tickguard.detectors import load_detector
+
+    card = modelstore.save_model(model, card, out_dir, detector=load_detector(modelstore.DEFAULT_DETECTOR))
     card["targets_met"] = check_targets(card)
     (out_dir / modelstore.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     log.info(
@@ -253,7 +255,7 @@ def _train(profile: config.TrainProfile, out_dir: Path | None, data_path: Path |
             shutil.copytree(out_dir, target, dirs_exist_ok=True)
             out_dir = target
         modelstore.promote(models_root, out_dir.name)
-        log.info("models/production -> %s", out_dir.name)
+        log.info("%s/production -> %s", models_root, out_dir.name)
     return out_dir
 
 
