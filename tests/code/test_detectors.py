@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from tickguard.data.schema import COLUMNS, FEATURES, TARGET, TIME
 from tickguard.detectors import (
@@ -321,3 +323,26 @@ def test_label_positive_values_compare_by_type() -> None:
     label = load_detector("fraud").label
     assert label.is_positive(1) and label.is_positive(1.0)
     assert not label.is_positive(True) and not label.is_positive("1") and not label.is_positive(0)
+
+
+@given(
+    names=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6, unique=True),
+    label=st.text(min_size=1, max_size=12),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_field_name_round_trips(names: list[str], label: str) -> None:
+    """Whatever a CSV header or SHOW FIELD KEYS holds, `detectors new` writes it back unchanged."""
+    assume(label not in names)
+    draft = Draft(
+        name="prop",
+        description="",
+        database="d",
+        measurement="m",
+        features=names,
+        label=label,
+        positive=[label],
+        id_field=None,
+    )
+    spec = parse(render(draft), "prop")
+    assert spec.feature_fields == tuple(names) and spec.label.field == label
+    assert spec.label.positive == (label,)
