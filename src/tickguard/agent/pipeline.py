@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-import orjson
 from google.protobuf.message import DecodeError
 
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, point_response_frame
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
 from tickguard.agent.scoring import ScoreResult
+from tickguard.scoring.payloads import columns_request
 
 
 class MalformedRequest(Exception):
@@ -208,7 +208,7 @@ def prepare(
     batch.row_of = row_of
     batch.rows = len(rows)
     if rows:
-        batch.body = orjson.dumps({"columns": features, "data": rows})
+        batch.body = columns_request(features, rows)
     if lean_keep is not None:
         batch.lean = lean_points(points, lean_keep, fresh)
 

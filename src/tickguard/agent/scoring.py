@@ -10,11 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+
+from tickguard.scoring.payloads import (
+    PayloadError,
+    PredictResult,
+    card_path,
+    parse_card,
+    parse_predict_response,
+    predict_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +41,8 @@ class ScoringUnavailable(Exception):
     """No scores for this batch (service down, slow, erroring, or the breaker is open)."""
 
 
-@dataclass(frozen=True)
-class ScoreResult:
-    """Scores of one batch, in input order, plus what the service says about its model."""
-
-    scores: list[float]
-    flags: list[bool]
-    threshold: float
-    model_version: str
+# Scores of one batch, in input order, plus what the service says about its model (the /predict contract).
+ScoreResult = PredictResult
 
 
 class CircuitBreaker:
@@ -107,10 +109,13 @@ class CircuitBreaker:
 
 
 class ScoringClient:
-    """POST /predict and GET /model against one scoring service."""
+    """POST /predict and GET /model against one scoring service (`model`: a served model's name, None = default)."""
 
-    def __init__(self, url: str, retries: int, breaker: CircuitBreaker, pool_size: int = 8) -> None:
+    def __init__(
+        self, url: str, retries: int, breaker: CircuitBreaker, pool_size: int = 8, model: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.model = model
         self.retries = max(0, retries)
         self.breaker = breaker
         self.session = requests.Session()
@@ -156,22 +161,17 @@ class ScoringClient:
             self._card = None
 
     def _fetch_card(self, timeout_s: float) -> dict:
+        url = self.url + card_path(self.model)
         try:
-            response = self.session.get(self.url + "/model", timeout=max(timeout_s, MIN_ATTEMPT_S))
+            response = self.session.get(url, timeout=max(timeout_s, MIN_ATTEMPT_S))
         except requests.RequestException as exc:
-            raise ScoringUnavailable(f"GET {self.url}/model failed: {_short(exc)}") from None
+            raise ScoringUnavailable(f"GET {url} failed: {_short(exc)}") from None
         if response.status_code != 200:
-            raise ScoringUnavailable(f"GET {self.url}/model returned HTTP {response.status_code}")
+            raise ScoringUnavailable(f"GET {url} returned HTTP {response.status_code}")
         try:
-            card = orjson.loads(response.content)
-            features = card["features"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise ScoringUnavailable(
-                f"GET {self.url}/model did not return a model card with 'features'"
-            ) from None
-        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
-            raise ScoringUnavailable(f"GET {self.url}/model returned an unusable feature list")
-        return card
+            return parse_card(response.content)
+        except PayloadError as exc:
+            raise ScoringUnavailable(f"GET {url}: {exc}") from None
 
     # ---- scoring ------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class ScoringClient:
     def _post(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
         try:
             response = self.session.post(
-                self.url + "/predict",
+                self.url + predict_path(self.model),
                 data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=timeout_s,
@@ -234,16 +234,9 @@ class ScoringClient:
                 raise _Permanent(f"scoring service rejected the batch (HTTP {status}): {detail}")
             raise ScoringUnavailable(f"scoring service returned HTTP {status}: {detail}")
         try:
-            payload = orjson.loads(response.content)
-            predictions = payload["predictions"]
-            scores = [float(p["score"]) for p in predictions]
-            flags = [bool(p["anomaly"]) for p in predictions]
-            result = ScoreResult(scores, flags, float(payload["threshold"]), str(payload["model_version"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise ScoringUnavailable("scoring service returned an unexpected /predict body") from None
-        if len(scores) != rows:
-            raise ScoringUnavailable(f"scoring service returned {len(scores)} scores for {rows} rows")
-        return result
+            return parse_predict_response(response.content, rows)
+        except PayloadError as exc:
+            raise ScoringUnavailable(str(exc)) from None
 
     def score_once(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
         """One synchronous attempt without retries or breaker: the naive per-point mode."""

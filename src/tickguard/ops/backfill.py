@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import requests
 
 from tickguard.agent.config import OUTPUT_LEAN
@@ -40,6 +39,15 @@ from tickguard.influx import (
     time_range,
 )
 from tickguard.ops.config import BackfillSettings, backfill_settings
+from tickguard.scoring.payloads import (
+    PayloadError,
+    PredictResult,
+    card_path,
+    columns_request,
+    parse_card,
+    parse_predict_response,
+    predict_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +103,20 @@ def influx_client(settings: BackfillSettings) -> InfluxClient:
 # ---- scoring ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scores:
-    """The REST service's answer for one batch."""
-
-    scores: list[float]
-    flags: list[bool]
-    threshold: float
-    model_version: str
+# The REST service's answer for one batch (the /predict contract).
+Scores = PredictResult
 
 
 class ScoringApi:
-    """POST /predict in {"columns", "data"} batches; GET /model for the feature list."""
+    """POST /predict in {"columns", "data"} batches; GET /model for the feature list.
 
-    def __init__(self, settings: BackfillSettings):
+    `model` names a served model (None = the service's default); the bodies, paths and answers are
+    tickguard.scoring.payloads', the one home of the /predict contract.
+    """
+
+    def __init__(self, settings: BackfillSettings, model: str | None = None):
         self.settings = settings
+        self.model = model
         self.session = requests.Session()
         self._features: tuple[str, ...] | None = None
 
@@ -129,40 +136,31 @@ class ScoringApi:
     def features(self) -> tuple[str, ...]:
         """The served model's features (GET /model), fetched once."""
         if self._features is None:
-            response = self._post_or_get("GET", "/model")
+            path = card_path(self.model)
+            response = self._post_or_get("GET", path)
             try:
-                card = orjson.loads(response.content)
-                features = tuple(card["features"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self._features = tuple(parse_card(response.content)["features"])
+            except PayloadError as exc:
                 raise TickguardError(
-                    f"GET {self.settings.api_url}/model did not return a model card ({response.status_code})"
+                    f"GET {self.settings.api_url}{path} ({response.status_code}): {exc}"
                 ) from None
-            if not features or not all(isinstance(name, str) for name in features):
-                raise TickguardError(f"GET {self.settings.api_url}/model returned no usable feature list")
-            self._features = features
         return self._features
 
     def score(self, rows: list[list[float]], columns: tuple[str, ...] | None = None) -> Scores:
         """Scores of rows given in `columns` order (default: `features()`, the served model's)."""
-        body = orjson.dumps({"columns": list(columns or self.features()), "data": rows})
+        body = columns_request(columns or self.features(), rows)
         response = self._post_or_get(
-            "POST", "/predict", data=body, headers={"Content-Type": "application/json"}
+            "POST", predict_path(self.model), data=body, headers={"Content-Type": "application/json"}
         )
         if response.status_code != 200:
             raise TickguardError(
                 f"scoring service refused a backfill batch of {len(rows)} rows "
                 f"({response.status_code}): {response.text[:300]}"
             )
-        payload = orjson.loads(response.content)
-        predictions = payload["predictions"]
-        if len(predictions) != len(rows):
-            raise TickguardError(f"scoring service returned {len(predictions)} scores for {len(rows)} rows")
-        return Scores(
-            [float(p["score"]) for p in predictions],
-            [bool(p["anomaly"]) for p in predictions],
-            float(payload["threshold"]),
-            str(payload["model_version"]),
-        )
+        try:
+            return parse_predict_response(response.content, len(rows))
+        except PayloadError as exc:
+            raise TickguardError(str(exc)) from None
 
 
 def feature_row(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[list[float] | None, str]:
