@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "tickguard.stack.commands",
     "tickguard.agent.cli",
     "tickguard.ops.commands",
+    "tickguard.models_cli",
 ]
 
 

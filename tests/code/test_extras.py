@@ -70,6 +70,9 @@ NEEDS_EXTRAS = {
         "tickguard up needs the 'serve', 'agent' and 'generate' extras: "
         "pip install 'tickguard[serve,agent,generate]'"
     ),
+    ("models", "import", "v1", "m.joblib", "--detector", "fraud"): (
+        "tickguard models needs the 'serve' extra: pip install 'tickguard[serve]'"
+    ),
 }
 # `data fetch` and `detectors` run on a bare install (tests below); `data info` is listed above
 LIGHT_COMMANDS = {"data", "detectors"}
@@ -213,6 +216,18 @@ def test_detectors_commands_need_no_extra(bare_cli) -> None:
         "tickguard detectors new: error: tickguard detectors new --influx-url needs the 'agent' extra: "
         "pip install 'tickguard[agent]'"
     ]
+
+
+def test_models_list_needs_no_extra(bare_cli, workdir: Path) -> None:
+    """`models list` reads cards only; `models import` (unpickling) is in NEEDS_EXTRAS."""
+    version = workdir / "home" / "models" / "fraud" / "v1"
+    version.mkdir(parents=True)
+    card = {"version": "v1", "features": ["a"], "threshold": 0.25, "model_sha256": "0" * 64}
+    (version / "model_card.json").write_text(json.dumps(card))
+    (version.parent / "production").symlink_to("v1")
+    listed = bare_cli("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["*", "fraud", "v1", "threshold", "0.2500"]
 
 
 def test_every_declared_extra_exists_and_dev_holds_them_all() -> None:
