@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
+import pandas as pd
 import pytest
 import requests
 
@@ -221,3 +223,156 @@ def test_cli_reports_a_bad_time_in_one_line(capsys) -> None:
     assert tickguard_main(["backfill", "--from", "last tuesday"]) == 1
     err = capsys.readouterr().err
     assert "last tuesday" in err and "Traceback" not in err
+
+
+# ---- backfill equals live: the task's own definition decides ------------------------------------------
+
+VARIANT_SOURCE = "tx_variant"
+VARIANT_SCORED = "tx_variant_scored"
+VARIANT_RESCORED = "tx_variant_rescored"
+
+
+def variant_script(threshold: float) -> str:
+    """A scoring task whose options differ from the agent's environment: its own threshold, no label (its
+    database comes from the task's dbrps, as Kapacitor's API reports them)."""
+    return f"""var variant_threshold = {threshold!r}
+stream
+    |from()
+        .measurement('{VARIANT_SOURCE}')
+    @tickguard()
+        .threshold(variant_threshold)
+        .labelField('')
+    |influxDBOut()
+        .database('fraud')
+        .retentionPolicy('autogen')
+        .measurement('{VARIANT_SCORED}')
+        .precision('ns')
+        .flushInterval(100ms)
+"""
+
+
+@pytest.fixture(scope="module")
+def variant(pipeline, replay_rows) -> dict:
+    """Rows scored live by task `score_variant` (threshold between the scores, labelField('')), from a source
+    whose `Amount` was once written as a boolean, then re-scored by `tickguard backfill --task score_variant`."""
+    from tickguard.influx import encode_line
+    from tickguard.stack.generator import InfluxWriter, ReplayPlan, replay
+
+    rows = replay_rows.iloc[41_000:41_200]
+    frauds = replay_rows[replay_rows["Class"] == 1].iloc[:40]
+    rows = rows.drop(index=frauds.index, errors="ignore").iloc[: 200 - len(frauds)]
+    rows = pd.concat([rows, frauds])
+    api = pipeline.stack.api_url
+    card = requests.get(f"{api}/model", timeout=10).json()
+    answer = requests.post(
+        f"{api}/predict",
+        json={"columns": card["features"], "data": rows[card["features"]].to_numpy().tolist()},
+        timeout=30,
+    ).json()
+    service_threshold = float(answer["threshold"])
+    below = sorted(p["score"] for p in answer["predictions"] if p["score"] < service_threshold)
+    threshold = float(below[len(below) * 3 // 4])  # a quarter of the unflagged rows get flagged by the task
+    influx = pipeline.stack.runtime.influx
+    # Defect (c): the source's Amount had another type once (a month ago, another shard). SHOW FIELD KEYS lists
+    # "boolean" before "float", and the backfill took the first type it saw and dropped the field.
+    month_ago = time.time_ns() - 30 * 86_400 * 10**9
+    influx.write_lines([encode_line(VARIANT_SOURCE, {}, {"Amount": True, "note": "old"}, month_ago)], "fraud")
+    client = pipeline.stack.runtime.kapacitor_client()
+    client.define_task("score_variant", variant_script(threshold), dbrps=[("fraud", "autogen")])
+    try:
+        writer = InfluxWriter(pipeline.stack.influx_settings())
+        try:
+            report = replay(rows, ReplayPlan(rate=1000, batch_size=50), writer, measurement=VARIANT_SOURCE)
+        finally:
+            writer.close()
+        deadline = time.monotonic() + 60
+        window = f"time >= {report.first_time_ns} AND time <= {report.last_time_ns}"
+        while time.monotonic() < deadline:
+            live = pipeline.query(f'SELECT * FROM "{VARIANT_SCORED}" WHERE {window}')
+            if len(live) >= len(rows):
+                break
+            time.sleep(0.25)
+        code = tickguard_main(
+            [
+                "backfill", "--task", "score_variant", "--all",
+                "--from", str(report.first_time_ns), "--to", str(report.last_time_ns),
+                "--url", pipeline.stack.influx_url, "--api-url", api,
+                "--kapacitor-url", pipeline.stack.kapacitor_url,
+                "--measurement", VARIANT_RESCORED, "--json",
+            ]
+        )  # fmt: skip
+        assert code == 0
+        rescored = pipeline.query(f'SELECT * FROM "{VARIANT_RESCORED}" WHERE {window}')
+    finally:
+        client.delete_task("score_variant")
+    return {
+        "live": live,
+        "rescored": rescored,
+        "threshold": threshold,
+        "service_threshold": service_threshold,
+        "rows": len(rows),
+    }
+
+
+def present(point: dict) -> dict:
+    """The fields and tags a point has (InfluxQL fills absent ones with None)."""
+    return {key: value for key, value in point.items() if value is not None}
+
+
+def test_the_variant_task_scored_every_point_live(variant) -> None:
+    assert len(variant["live"]) == variant["rows"]
+    assert all(point["scored"] is True for point in variant["live"])
+
+
+def test_backfill_flags_with_the_tasks_threshold_not_the_services(variant) -> None:
+    """Defect (a): the backfill used the service's threshold; points scored between the two differed."""
+    threshold = variant["threshold"]
+    between = [p for p in variant["rescored"] if threshold <= p["score"] < variant["service_threshold"]]
+    assert between, "the test needs scores between the task's and the service's thresholds"
+    assert all(p["anomaly"] is True and p["threshold"] == threshold for p in between)
+    assert all(p["anomaly"] == (p["score"] >= threshold) for p in variant["rescored"])
+
+
+def test_backfill_keeps_label_field_empty_and_writes_no_confusion_counts(variant) -> None:
+    """Defect (b): `.labelField('')` could not be reproduced, so tp/fp/fn/tn appeared on backfilled points."""
+    for point in variant["rescored"]:
+        assert not {"tp", "fp", "fn", "tn"} & present(point).keys()
+
+
+def test_backfill_reads_a_field_that_once_had_another_type_as_its_number(variant) -> None:
+    """Defect (c): a kept field (Amount) once written as a boolean was dropped from backfilled points."""
+    assert all(isinstance(point.get("Amount"), int | float) for point in variant["rescored"])
+
+
+def test_backfilled_points_equal_live_ones_field_by_field(variant) -> None:
+    """Every re-scored point equals the point the live task wrote, except `backfilled` (and `latency_ms`,
+    which only a live point has: the time the agent held it)."""
+    live = {point["time"]: present(point) for point in variant["live"]}
+    rescored = {point["time"]: present(point) for point in variant["rescored"]}
+    assert rescored.keys() == live.keys()
+    for stamp, point in rescored.items():
+        assert point.pop("backfilled") is True
+        expected = dict(live[stamp])
+        expected.pop("latency_ms")
+        assert point.keys() == expected.keys(), stamp
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert point[name] == pytest.approx(value, abs=1e-12), (stamp, name)
+            else:
+                assert point[name] == value, (stamp, name)
+
+
+def test_a_healed_task_is_backfilled_with_its_own_definition(pipeline, variant) -> None:
+    """The watchdog's heal-with-backfill reads the healed task, as the command does."""
+    from tickguard.ops.backfill import settings_for_heal
+
+    client = pipeline.stack.runtime.kapacitor_client()
+    client.define_task("score_variant", variant_script(0.25), dbrps=[("fraud", "autogen")], enabled=False)
+    try:
+        settings = settings_for_heal(
+            pipeline.backfill_settings(kapacitor_url=pipeline.stack.kapacitor_url), "score_variant"
+        )
+    finally:
+        client.delete_task("score_variant")
+    assert (settings.threshold, settings.label_field) == (0.25, "")
+    assert (settings.source_measurement, settings.scored_measurement) == (VARIANT_SOURCE, VARIANT_SCORED)
