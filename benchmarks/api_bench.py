@@ -411,7 +411,12 @@ def in_process_cost(model_dir: Path, records: list[dict], repeats: int = 3000) -
             raise RuntimeError(f"in-process requests failed: {sorted(set(statuses))}")
         return round(elapsed / repeats * 1e6, 1)
 
-    config = dataclasses.replace(ServiceConfig.from_env(), model=str(model_dir), models_dir=model_dir.parent)
+    config = dataclasses.replace(
+        ServiceConfig.from_env(),
+        model=str(model_dir),
+        models_dir=model_dir.parent.parent,  # models/<detector>/<version>
+        detectors=(model_dir.parent.name,),
+    )
     service_log = logging.getLogger("tickguard")
     saved_handlers, saved_stderr = list(service_log.handlers), sys.stderr
     SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -435,22 +440,25 @@ def in_process_cost(model_dir: Path, records: list[dict], repeats: int = 3000) -
 
 
 def pick_model(requested: str | None) -> Path:
-    """The model to serve: --model, else models/production, else (or with --model small) a small
+    """The model to serve: --model, else models/fraud/production, else (or with --model small) a small
     real model built here: a logistic regression whose predict cost is tiny, which shows what the
     HTTP layer itself can do."""
     from tickguard.modelstore import resolve_model_dir
 
     if requested and requested != "small":
-        return resolve_model_dir(ROOT / "models", requested)
+        return resolve_model_dir(ROOT / "models" / "fraud", requested)
     if requested is None:
         try:
-            return resolve_model_dir(ROOT / "models", "production")
+            return resolve_model_dir(ROOT / "models" / "fraud", "production")
         except Exception:  # no production model yet: build a small one on the real data
             pass
-    target = SCRATCH / "models" / "bench-lr"
+    target = SCRATCH / "models" / "fraud" / "bench-lr"
     if (target / "model_card.json").is_file():
         return target
-    print("api_bench: no models/production; fitting a small logistic regression on the real data", flush=True)
+    print(
+        "api_bench: no models/fraud/production; fitting a small logistic regression on the real data",
+        flush=True,
+    )
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -568,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     with LocalService(
         model=model_dir,
-        models_dir=model_dir.parent,
+        models_dir=model_dir.parent.parent,  # models/<detector>/<version>
+        detectors=(model_dir.parent.name,),
         workers=args.workers,
         threads=args.threads,
         env={"TICKGUARD_MAX_ROWS": str(BATCH_ROWS * 10)},

@@ -91,14 +91,15 @@ def log(message: str) -> None:
 
 
 def pick_model(explicit: str | None) -> tuple[Path, str]:
-    """(models_dir, model): --model, models/production, or a small real model fitted for the benchmark."""
+    """(models root, fraud version): --model (a models/fraud/<version> directory), models/fraud/production,
+    or a small real model fitted for the benchmark."""
     from tickguard.modelstore import CARD_FILE
 
     if explicit:
         path = Path(explicit).resolve()
-        return path.parent, path.name
+        return path.parent.parent, path.name
     models = ROOT / "models"
-    if (models / "production" / CARD_FILE).is_file():
+    if (models / "fraud" / "production" / CARD_FILE).is_file():
         return models, "production"
     return scratch_model(), "production"
 
@@ -113,9 +114,9 @@ def scratch_model() -> Path:
     from tickguard.modelstore import promote, save_model
 
     root = SCRATCH / "models"
-    if (root / "production").exists():
+    if (root / "fraud" / "production").exists():
         return root
-    log("no models/production: fitting a small logistic regression for the benchmark")
+    log("no models/fraud/production: fitting a small logistic regression for the benchmark")
     train, _ = time_split(load_dataset())
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=0.1))
     model.fit(train[list(FEATURES)].to_numpy(dtype=np.float64), train[TARGET].to_numpy())
@@ -125,8 +126,8 @@ def scratch_model() -> Path:
         "threshold": 0.5,
         "kind": "benchmark fallback",
     }
-    save_model(model, card, root / "bench-logreg")
-    promote(root, "bench-logreg")
+    save_model(model, card, root / "fraud" / "bench-logreg")
+    promote(root / "fraud", "bench-logreg")
     return root
 
 
@@ -721,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from tickguard.modelstore import read_card, resolve_model_dir
+    from tickguard.modelstore import detector_models_dir, read_card, resolve_model_dir
     from tickguard.ops.probe import loadavg
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -730,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
     SCRATCH.mkdir(parents=True, exist_ok=True)
     models_dir, model = pick_model(args.model)
-    card = read_card(resolve_model_dir(models_dir, model))
+    card = read_card(resolve_model_dir(detector_models_dir(models_dir), model))
     load_start = loadavg()
     started = time.monotonic()
     configs: dict[str, dict[str, Any]] = {}

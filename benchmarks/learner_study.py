@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from tickguard.training.features import FraudFeatures
     from tickguard.training.tuning import time_folds
 
-    card = read_card(resolve_model_dir(ROOT / "models", "production"))
+    card = read_card(resolve_model_dir(ROOT / "models" / "fraud", "production"))
     train, holdout = time_split(load_dataset())
     X, y = features_and_target(train)
     X_hold, y_hold = features_and_target(holdout)

@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="gunicorn workers (tickguard serve's default: 2)"
     )
-    parser.add_argument("--model", help="model directory (default models/production)")
+    parser.add_argument("--model", help="model directory (default models/fraud/production)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     from benchmarks.e2e_bench import git_sha, pick_model
-    from tickguard.modelstore import read_card, resolve_model_dir
+    from tickguard.modelstore import detector_models_dir, read_card, resolve_model_dir
     from tickguard.ops.probe import loadavg
     from tickguard.service.local import LocalService
 
@@ -105,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)
     models_dir, model = pick_model(args.model)
-    card = read_card(resolve_model_dir(models_dir, model))
+    card = read_card(resolve_model_dir(detector_models_dir(models_dir), model))
     payloads = SCRATCH / "payloads.json"
     write_payloads(list(card["features"]), payloads)
     load_start = loadavg()
     service = LocalService(
         model=model,
         models_dir=models_dir,
+        detectors=("fraud",),
         workers=args.workers,
         env={"TICKGUARD_LOG_LEVEL": "WARNING"},
         log_file=SCRATCH / "service.log",

@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from tickguard import modelstore
     from tickguard.data import load_dataset, time_split
+    from tickguard.scoring.predictor import Predictor  # scores as the service does (compiled when it can)
     from tickguard.training.config import models_dir
 
-    artifact = modelstore.load_model(modelstore.resolve_model_dir(models_dir(), args.model))
+    artifact = Predictor.load(
+        modelstore.resolve_model_dir(modelstore.detector_models_dir(models_dir()), args.model), max_rows=1
+    )
     _, holdout = time_split(load_dataset())
     X = np.ascontiguousarray(holdout[artifact.features].to_numpy(dtype=np.float64))
     runs = [measure(artifact.score, X, b, args.seconds) for b in (1, 1000, 10_000)]

@@ -59,7 +59,8 @@ def log(message: str) -> None:
 
 
 def pick_model(explicit: str | None) -> tuple[Path, str]:
-    """(models_dir, model) to serve: --model, models/production, the newest model in models/, or a scratch one."""
+    """(models root, fraud version) to serve: --model (a models/fraud/<version> directory),
+    models/fraud/production, the newest model in models/fraud/, or a scratch one."""
     from tickguard.modelstore import CARD_FILE
 
     models = ROOT / "models"
@@ -67,10 +68,10 @@ def pick_model(explicit: str | None) -> tuple[Path, str]:
         return build_scratch_model(), "production"
     if explicit:
         path = Path(explicit).resolve()
-        return path.parent, path.name
-    if (models / "production" / CARD_FILE).exists():
+        return path.parent.parent, path.name
+    if (models / "fraud" / "production" / CARD_FILE).exists():
         return models, "production"
-    candidates = sorted(p for p in models.glob("*") if (p / CARD_FILE).is_file())
+    candidates = sorted(p for p in (models / "fraud").glob("*") if (p / CARD_FILE).is_file())
     if candidates:
         return models, candidates[-1].name
     return build_scratch_model(), "production"
@@ -93,16 +94,16 @@ def build_scratch_model() -> Path:
     save_model(
         model,
         {"version": "bench-synthetic", "features": features, "threshold": 0.5},
-        root / "bench-synthetic",
+        root / "fraud" / "bench-synthetic",
     )
-    promote(root, "bench-synthetic")
+    promote(root / "fraud", "bench-synthetic")
     return root
 
 
 def start_service(models_dir: Path, model: str, port: int, workers: int) -> subprocess.Popen:
     """`tickguard serve` in its own process group; returns once GET /model answers."""
     command = [sys.executable, "-m", "tickguard.cli", "serve", "--port", str(port), "--workers", str(workers)]
-    command += ["--models-dir", str(models_dir), "--model", model]
+    command += ["--models-dir", str(models_dir), "--detector", "fraud", "--model", model]
     env = dict(os.environ, TICKGUARD_LOG_LEVEL="WARNING")
     with open(SCRATCH / "service.log", "wb") as log_file:  # the child keeps its own descriptor
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
@@ -429,19 +430,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--model",
-        help="model directory to serve (default: models/production or newest; 'scratch' = a small logistic model)",
+        help="model directory to serve (default: models/fraud/production or newest; 'scratch' = a small logistic model)",
     )
     parser.add_argument("--service-workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from tickguard.modelstore import read_card, resolve_model_dir
+    from tickguard.modelstore import detector_models_dir, read_card, resolve_model_dir
     from tickguard.runtime import TickRuntime, free_port
 
     shutil.rmtree(SCRATCH / "tick", ignore_errors=True)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     models_dir, model = pick_model(args.model)
-    card = read_card(resolve_model_dir(models_dir, model))
+    card = read_card(resolve_model_dir(detector_models_dir(models_dir), model))
     features = list(card["features"])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
