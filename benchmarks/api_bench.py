@@ -287,7 +287,9 @@ def wait_ready(port: int, path: str, body: bytes, timeout: float = 60.0) -> None
 
 def single_requests(records: list[dict], port: int) -> list[bytes]:
     """The single-record /predict requests every server gets: the first 500 records, pre-encoded."""
-    return [http_request("/predict", json.dumps(record).encode(), port) for record in records[:500]]
+    from tickguard.scoring.payloads import predict_path, record_request
+
+    return [http_request(predict_path(), record_request(record), port) for record in records[:500]]
 
 
 @contextlib.contextmanager
@@ -508,10 +510,13 @@ def model_only_timings(model_dir: Path, rows: list[list[float]]) -> dict:
 
 def check_batch_responses(bodies: list[bytes]) -> None:
     """Spot-check that batch responses carry one prediction per row."""
+    from tickguard.scoring.payloads import PayloadError, parse_predict_response
+
     for body in bodies[:5]:
-        predictions = json.loads(body)["predictions"]
-        if len(predictions) != BATCH_ROWS:
-            raise RuntimeError(f"a batch response had {len(predictions)} predictions, not {BATCH_ROWS}")
+        try:
+            parse_predict_response(body, BATCH_ROWS)
+        except PayloadError as exc:
+            raise RuntimeError(f"a batch response: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -585,10 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     ) as service:
         port = service.port
         pid = service.process.pid  # `tickguard serve` exec()s gunicorn: this is the master
+        from tickguard.scoring.payloads import columns_request, predict_path
+
         batches = [
-            http_request(
-                "/predict", json.dumps({"columns": features, "data": rows[i : i + BATCH_ROWS]}).encode(), port
-            )
+            http_request(predict_path(), columns_request(features, rows[i : i + BATCH_ROWS]), port)
             for i in range(0, len(rows), BATCH_ROWS)
         ]
         singles = single_requests(records, port)

@@ -41,10 +41,20 @@ def write_payloads(features: list[str], path: Path, singles: int = 2000, batches
 
     rows = load_holdout()[features].sample(n=singles + batches * BATCH_ROWS, random_state=3)
     values = rows.to_numpy().tolist()
+    from tickguard.scoring.payloads import columns_request, record_request
+
+    # Request bodies as /predict takes them (tickguard.scoring.payloads), stored as text.
     payload = {
-        "singles": [dict(zip(features, row, strict=True)) for row in values[:singles]],
+        "singles": [
+            record_request(dict(zip(features, row, strict=True))).decode() for row in values[:singles]
+        ],
         "batches": [
-            {"columns": features, "data": values[singles + i * BATCH_ROWS : singles + (i + 1) * BATCH_ROWS]}
+            {
+                "body": columns_request(
+                    features, values[singles + i * BATCH_ROWS : singles + (i + 1) * BATCH_ROWS]
+                ).decode(),
+                "rows": BATCH_ROWS,
+            }
             for i in range(batches)
         ],
     }

@@ -20,6 +20,8 @@ import os
 
 from locust import FastHttpUser, between, task
 
+from tickguard.scoring.payloads import PayloadError, parse_predict_response, predict_path
+
 _HEADERS = {"Content-Type": "application/json"}
 
 
@@ -31,8 +33,8 @@ def _payloads() -> tuple[list[bytes], list[tuple[bytes, int]]]:
         )
     with open(path) as handle:
         data = json.load(handle)
-    singles = [json.dumps(record).encode() for record in data["singles"]]
-    batches = [(json.dumps(batch).encode(), len(batch["data"])) for batch in data["batches"]]
+    singles = [body.encode() for body in data["singles"]]
+    batches = [(batch["body"].encode(), batch["rows"]) for batch in data["batches"]]
     return singles, batches
 
 
@@ -52,19 +54,18 @@ class ScoringUser(FastHttpUser):
 
     def _post(self, body: bytes, rows: int, name: str) -> None:
         with self.client.post(
-            "/predict", data=body, headers=_HEADERS, name=name, catch_response=True
+            predict_path(), data=body, headers=_HEADERS, name=name, catch_response=True
         ) as reply:
             if reply.status_code != 200:
                 reply.failure(f"HTTP {reply.status_code}: {(reply.text or '')[:200]}")
                 return
             try:
-                answer = json.loads(reply.text)
-                scores = [answer["score"]] if rows == 1 else [p["score"] for p in answer["predictions"]]
-            except (ValueError, KeyError, TypeError):
-                reply.failure("the body holds no scores")
+                scores = parse_predict_response(reply.content, rows).scores
+            except PayloadError as exc:
+                reply.failure(str(exc))
                 return
-            if len(scores) != rows or not all(0.0 <= s <= 1.0 for s in scores):
-                reply.failure(f"{len(scores)} scores in [0, 1] expected {rows}")
+            if not all(0.0 <= s <= 1.0 for s in scores):
+                reply.failure(f"scores outside [0, 1]: {scores[:5]}")
 
     @task(9)
     def single(self) -> None:

@@ -336,6 +336,7 @@ def test_the_payload_contract_round_trips_between_client_and_server():
         parse_predict_response,
         predict_path,
         predict_response_body,
+        record_request,
     )
 
     rows = [
@@ -358,7 +359,11 @@ def test_the_payload_contract_round_trips_between_client_and_server():
     )
     with pytest.raises(PayloadError, match="2 scores for 3 rows"):
         parse_predict_response(json.dumps(body).encode(), rows=3)
-    with pytest.raises(PayloadError, match="unexpected /predict body"):
-        parse_predict_response(b'{"score": 0.1}')
+    single = predict_response_body(np.array([0.7]), np.array([True]), 0.5, "v1", single=True)
+    assert parse_predict_response(json.dumps(single).encode(), rows=1).flags == [True]
+    assert SCHEMA.parse_predict(decode_json(record_request(record(3.0))))[1] is True
+    for broken in (b'{"score": 0.1}', b"[1, 2]", b"not json"):
+        with pytest.raises(PayloadError, match="unexpected /predict body"):
+            parse_predict_response(broken)
     assert predict_path() == "/predict" and predict_path("a b/c") == "/predict?model=a%20b%2Fc"
     assert card_path("shuttle") == "/model?model=shuttle"

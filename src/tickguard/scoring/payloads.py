@@ -349,18 +349,24 @@ def instances_request(records: Sequence[dict[str, float]]) -> bytes:
     return orjson.dumps({"instances": list(records)})
 
 
+def record_request(record: dict[str, float]) -> bytes:
+    """A single-record body: one {feature: value} object, answered by one flat result."""
+    return orjson.dumps(record)
+
+
 def parse_predict_response(content: bytes, rows: int | None = None) -> PredictResult:
-    """Read a batch /predict answer; PayloadError when it is not one (or not `rows` predictions long)."""
+    """Read a /predict answer (a batch's, or a single record's as one prediction); PayloadError when it
+    is not one (or not `rows` predictions long)."""
     try:
         payload = orjson.loads(content)
-        predictions = payload["predictions"]
+        predictions = payload.get("predictions", [payload])
         result = PredictResult(
             [float(p["score"]) for p in predictions],
             [bool(p["anomaly"]) for p in predictions],
             float(payload["threshold"]),
             str(payload["model_version"]),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         raise PayloadError("the scoring service returned an unexpected /predict body") from None
     if rows is not None and len(result.scores) != rows:
         raise PayloadError(f"the scoring service returned {len(result.scores)} scores for {rows} rows")
