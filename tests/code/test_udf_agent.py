@@ -12,6 +12,7 @@ from tests.fixtures.udf import FEATURES, MODEL_VERSION, UdfWire, make_point, syn
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.framing import frame
 from tickguard.agent.options import DECLARED_OPTIONS
+from tickguard.agent.schema import format_field_map
 
 MS = 1_000_000
 
@@ -344,3 +345,91 @@ def test_an_internal_error_leaves_points_unscored_instead_of_killing_the_task(
     assert all(p.fieldsDouble["V1"] == X[i][1] for i, p in enumerate(points))
     wire.send(pb.Request(keepalive=pb.KeepaliveRequest(time=5)))
     assert wire.receive_kind("keepalive").keepalive.time == 5
+
+
+# ---- several models: .model(), .fields() renames checked at init, positive values from the card -----
+
+
+def _score_of(scoring_service, model: str, rows: np.ndarray) -> np.ndarray:
+    """What the service itself answers for `rows` of `model` (the agent must write the same)."""
+    import requests
+
+    card = requests.get(f"{scoring_service.url}/model?model={model}", timeout=5).json()
+    body = {"columns": card["features"], "data": rows.tolist()}
+    answer = requests.post(f"{scoring_service.url}/predict?model={model}", json=body, timeout=5).json()
+    return np.array([p["score"] for p in answer["predictions"]]), card
+
+
+def test_model_option_scores_with_the_named_model_and_renamed_fields(udf_agent_factory, scoring_service):
+    X, y = synthetic_rows(40, seed=13, width=9)
+    expected, card = _score_of(scoring_service, "shuttle", X)
+    assert card["version"] == "udf-shuttle-1"
+    point_fields = ["f1", "sensor two", "f.3", "it's f4", 'the "5th"', "f6", "f7", "f8", "f9, last"]
+    mapping = format_field_map(zip(card["features"], point_fields, strict=True))
+    wire = UdfWire(udf_agent_factory(url=scoring_service.url).socket_path)
+    response = wire.init(model="shuttle", fields=mapping, labelField="anomaly", flagField="flagged").init
+    assert response.success, response.error
+    requests_ = []
+    for i in range(len(X)):
+        request = make_point(i)
+        for name, value in zip(point_fields, X[i], strict=True):
+            request.point.fieldsDouble[name] = float(value)
+        request.point.fieldsInt["anomaly"] = int(y[i])
+        requests_.append(request)
+    wire.send_raw(b"".join(frame(r.SerializeToString()) for r in requests_))
+    for i in range(len(X)):
+        point = wire.receive_kind("point").point
+        assert point.fieldsBool["scored"], point.fieldsString["error"]
+        assert point.fieldsString["model_version"] == "udf-shuttle-1"
+        assert point.fieldsDouble["score"] == pytest.approx(expected[i], abs=1e-12)
+        assert point.fieldsBool["flagged"] == (expected[i] >= 0.5)
+        assert point.fieldsInt["anomaly"] == y[i]  # the label survives: the flag has its own name
+        assert point.fieldsInt["tp"] + point.fieldsInt["fn"] == y[i]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "nosuch"}, "does not serve model 'nosuch'"),
+        ({"model": "shuttle", "fields": "f1=a,f10=b,g=c"}, "'f10', 'g' that model 'shuttle' does not have"),
+        ({"fields": "Time,Amount,Bogus"}, "'Bogus' that the service's default model does not have"),
+        ({"labelField": "anomaly"}, "labelField 'anomaly' equals flagField 'anomaly'"),
+    ],
+)
+def test_init_refuses_an_unknown_model_or_unknown_features_naming_them(
+    udf_agent_factory, scoring_service, options, message
+):
+    wire = UdfWire(udf_agent_factory(url=scoring_service.url).socket_path)
+    response = wire.init(**options).init
+    assert not response.success
+    assert message in response.error
+
+
+def test_init_succeeds_while_the_service_is_down_and_points_say_why(udf_agent_factory, scoring_service):
+    scoring_service.stop()
+    wire = UdfWire(udf_agent_factory(url=scoring_service.url, retries=0).socket_path)
+    assert wire.init(model="shuttle", fields="f1=a", flushInterval=("duration", 0)).init.success
+    wire.send(make_point(0, a=1.0))
+    point = wire.receive_kind("point").point
+    assert not point.fieldsBool["scored"] and "unknown" in point.fieldsString["error"]
+
+
+def test_string_labels_count_by_the_detectors_positive_values(udf_agent_factory, scoring_service):
+    X, _ = synthetic_rows(30, seed=14, width=2)
+    expected, card = _score_of(scoring_service, "grades", X)
+    assert card["detector"]["label"]["positive"] == ["bad", "worse"]
+    grades = ["bad", "good", "worse", "Bad", "fine"] * 6
+    wire = UdfWire(udf_agent_factory(url=scoring_service.url).socket_path)
+    assert wire.init(model="grades", labelField="grade", threshold=0.0).init.success
+    wire.send_raw(
+        b"".join(
+            frame(make_point(i, f1=float(X[i, 0]), f2=float(X[i, 1]), grade=grades[i]).SerializeToString())
+            for i in range(30)
+        )
+    )
+    for i in range(30):
+        point = wire.receive_kind("point").point
+        assert point.fieldsDouble["score"] == pytest.approx(expected[i], abs=1e-12)
+        # threshold 0 flags every point: a positive label is a tp, any other an fp ("Bad" is not "bad")
+        assert point.fieldsInt["tp"] == (grades[i] in ("bad", "worse")), grades[i]
+        assert point.fieldsInt["fp"] == (grades[i] not in ("bad", "worse"))

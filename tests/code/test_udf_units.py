@@ -36,7 +36,8 @@ def test_options_override_defaults():
         [
             option("url", pb.STRING, stringValue="http://svc:9000/"),
             option("fields", pb.STRING, stringValue="V1, V2"),
-            option("fields", pb.STRING, stringValue="Amount"),
+            option("fields", pb.STRING, stringValue='Amount="amount (EUR)"'),
+            option("model", pb.STRING, stringValue="shuttle"),
             option("threshold", pb.DOUBLE, doubleValue=0.7),
             option("batchSize", pb.INT, intValue=64),
             option("flushInterval", pb.DURATION, durationValue=5_000_000),
@@ -45,7 +46,8 @@ def test_options_override_defaults():
         base,
     )
     assert parsed.url == "http://svc:9000"
-    assert parsed.fields == ("V1", "V2", "Amount")
+    assert parsed.fields == (("V1", "V1"), ("V2", "V2"), ("Amount", "amount (EUR)"))
+    assert parsed.model == "shuttle" and base.model is None
     assert parsed.threshold == 0.7 and parsed.batch_size == 64
     assert parsed.flush_interval_s == 0.005 and parsed.timeout_s == 0.25
     assert parse_options([option("mode", pb.STRING, stringValue="naive")], base).batch_size == 1
@@ -55,7 +57,19 @@ def test_options_override_defaults():
     ("opt", "message"),
     [
         (option("nope", pb.STRING, stringValue="x"), "unknown option .nope()"),
-        (option("fields", pb.STRING, stringValue="V1,,V2"), "empty field name"),
+        (option("fields", pb.STRING, stringValue="V1,,V2"), "empty name"),
+        (option("fields", pb.STRING, stringValue="a=x,a=y"), "feature(s) 'a' more than once"),
+        (option("fields", pb.STRING, stringValue='a"b'), "quote the whole name"),
+        (option("model", pb.STRING, stringValue=" "), "model name"),
+        (
+            option("labelField", pb.STRING, stringValue="anomaly"),
+            "labelField 'anomaly' equals flagField 'anomaly'",
+        ),
+        (
+            option("labelField", pb.STRING, stringValue="score"),
+            "labelField 'score' equals scoreField 'score'",
+        ),
+        (option("labelField", pb.STRING, stringValue="tp"), "labelField 'tp' collides"),
         (option("flagField", pb.STRING, stringValue="score"), "both 'score'"),
         (option("flushInterval", pb.DURATION, durationValue=-1), "flushInterval"),
         (pb.Option(name="batchSize"), "exactly one argument"),
@@ -201,3 +215,140 @@ def test_udf_command_takes_its_socket_from_the_environment_or_says_what_is_missi
     monkeypatch.delenv("TICKGUARD_UDF_SOCKET")
     assert main(["udf"]) == 1
     assert "pass --socket PATH or set TICKGUARD_UDF_SOCKET" in capsys.readouterr().err
+
+
+# ---- the field-list grammar of .fields()/.keep() (tickguard.agent.schema) ------------------------
+
+AWKWARD_NAMES = [
+    "Amount",
+    "card holder",
+    "a.b",
+    "it's",
+    'say "hi"',
+    "x,y",
+    "p=q",
+    " padded ",
+    "µ-ü",
+    "back\\slash",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs"),
+    [
+        ("V1, V2", (("V1", "V1"), ("V2", "V2"))),
+        ("amount = Amount", (("amount", "Amount"),)),
+        ("f1=sensor one, f2=sensor.two", (("f1", "sensor one"), ("f2", "sensor.two"))),
+        ('"a,b"="c=d", "say ""hi"""=it\'s', (("a,b", "c=d"), ('say "hi"', "it's"))),
+        ('" padded "=x', ((" padded ", "x"),)),
+        ("", ()),
+    ],
+)
+def test_field_map_grammar(text, pairs):
+    from tickguard.agent.schema import parse_field_map
+
+    assert parse_field_map(text) == pairs
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,", "ends without a name"),
+        ("=a", "between two names"),
+        ("a=b=c", "between two names"),
+        ('"open', "unclosed double quote"),
+        ('"a" b', "missing ',' or '='"),
+        ("a,,b", "empty name"),
+    ],
+)
+def test_field_map_grammar_errors_say_what_is_wrong(text, message):
+    from tickguard.agent.schema import FieldListError, parse_field_map
+
+    with pytest.raises(FieldListError, match=message):
+        parse_field_map(text)
+
+
+def test_awkward_names_round_trip_through_the_grammar():
+    from tickguard.agent.schema import format_field_map, format_names, parse_field_map, parse_names
+
+    pairs = tuple(zip(AWKWARD_NAMES, reversed(AWKWARD_NAMES), strict=True))
+    assert parse_field_map(format_field_map(pairs)) == pairs
+    assert parse_names(format_names(AWKWARD_NAMES)) == tuple(AWKWARD_NAMES)
+    assert format_names(["Amount", "Class"]) == "Amount,Class"  # plain names stay plain
+
+
+def test_resolve_features_names_unknown_features_and_the_model_ones():
+    from tickguard.agent.options import resolve_features
+
+    features = ("f1", "f2", "f3")
+    assert resolve_features(features, None, None) == features
+    assert resolve_features(features, (("f2", "sensor two"),), "shuttle") == ("f1", "sensor two", "f3")
+    with pytest.raises(
+        OptionError, match=r"'f9', 'g' that model 'shuttle' does not have; its features: f1, f2, f3"
+    ):
+        resolve_features(features, (("f9", "x"), ("g", "g"), ("f1", "y")), "shuttle")
+
+
+def _labelled(**fields) -> pb.Point:
+    point = pb.Point()
+    for name, value in fields.items():
+        if isinstance(value, bool):
+            point.fieldsBool[name] = value
+        elif isinstance(value, int):
+            point.fieldsInt[name] = value
+        elif isinstance(value, float):
+            point.fieldsDouble[name] = value
+        else:
+            point.fieldsString[name] = value
+    return point
+
+
+@pytest.mark.parametrize(
+    ("positive", "value", "expected"),
+    [
+        ([1], 1, True),
+        ([1], 0, False),
+        ([1], 1.0, True),
+        ([1], " 1 ", True),  # a number written as a string, as training reads the CSV
+        ([1], True, False),  # true is not the number 1 (as in training)
+        ([4, 5], 5, True),
+        (["fraud"], "fraud", True),
+        (["fraud"], "Fraud", False),  # strings compare exactly
+        (["fraud"], 1, False),
+        ([True], True, True),
+        ([True], "TRUE", True),
+        ([True], False, False),
+        (None, 2, True),  # no positive values on the card: the legacy non-zero rule
+        (None, "yes", True),
+    ],
+)
+def test_label_rule_matches_training(positive, value, expected):
+    from tickguard.agent.options import LabelRule
+
+    rule = LabelRule(positive)
+    assert rule.value(_labelled(label=value), "label") is expected
+    assert rule.value(_labelled(other=1), "label") is None
+
+
+def test_label_rule_comes_from_the_model_card():
+    from tickguard.agent.options import LabelRule
+    from tickguard.detectors import load_detector
+
+    card = {"detector": load_detector("shuttle").to_dict()}
+    assert LabelRule.from_card(card).positive == (1,)
+    assert LabelRule.from_card({"features": ["a"]}).positive is None
+
+
+def test_scored_schema_of_each_bundled_detector():
+    from tickguard.agent.schema import ScoredSchema, schema_for
+    from tickguard.detectors import load_detector
+
+    fraud = schema_for(load_detector("fraud"))
+    assert fraud == ScoredSchema(
+        "transactions_scored", "score", "anomaly", "Class", ("txid", "Amount", "Class")
+    )
+    shuttle = schema_for(load_detector("shuttle"))
+    # The label is called like the default flag: the flag takes another name instead of overwriting it.
+    assert shuttle.flag_field == "flagged" and shuttle.label_field == "anomaly"
+    assert shuttle.keep_fields == ("anomaly",) and shuttle.measurement == "readings_scored"
+    assert shuttle.field_types()["flagged"] == "boolean" and shuttle.field_types()["tp"] == "integer"

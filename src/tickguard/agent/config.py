@@ -10,11 +10,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Shapes of a scored point (TICKGUARD_UDF_OUTPUT, `.output()`); here, not in `options`, so `tickguard
-# backfill --output` can offer them without importing the protocol bindings.
-OUTPUT_FULL = "full"  # the input point (tags and every field) plus the agent's fields
-OUTPUT_LEAN = "lean"  # tags, string/bool input fields (txid), `keep` numeric fields and the agent's fields
-OUTPUTS = (OUTPUT_FULL, OUTPUT_LEAN)
+# The scored-point contract (output shapes, default field names, the field-list grammar) lives in
+# tickguard.agent.schema; these names are imported here for the settings that default to them.
+from tickguard.agent.schema import (
+    DEFAULT_LABEL_FIELD,
+    FLAG_FIELD,
+    OUTPUT_FULL,
+    OUTPUT_LEAN,
+    OUTPUTS,
+    SCORE_FIELD,
+    output_shape,
+    parse_names,
+)
+
+__all__ = ["OUTPUTS", "OUTPUT_FULL", "OUTPUT_LEAN", "AgentSettings", "agent_settings", "output_shape"]
 
 
 @dataclass(frozen=True)
@@ -65,19 +74,6 @@ def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
     return default if value is None else value.strip()
 
 
-def output_shape(env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
-    """(TICKGUARD_UDF_OUTPUT, TICKGUARD_UDF_KEEP_FIELDS): the shape of scored points, shared with backfill."""
-    # Keep unset: Amount (fraud_alert's message, the dashboards) and Class (notebook 06); set but empty: none.
-    return _env(env, "TICKGUARD_UDF_OUTPUT", OUTPUT_LEAN), field_names(
-        env.get("TICKGUARD_UDF_KEEP_FIELDS", "Amount,Class")
-    )
-
-
-def field_names(text: str) -> tuple[str, ...]:
-    """A comma-separated list of field names, blanks dropped ('' = none)."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def agent_settings(env: dict | None = None) -> AgentSettings:
     """Read the TICKGUARD_UDF_* variables (and TICKGUARD_SCORING_URL, TICKGUARD_KAPACITOR_URL)."""
     env = os.environ if env is None else env
@@ -96,10 +92,10 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         breaker_failures=int(_env(env, "TICKGUARD_UDF_BREAKER_FAILURES", "3")),
         breaker_cooldown_s=float(_env(env, "TICKGUARD_UDF_BREAKER_COOLDOWN", "2.0")),
         max_in_flight=int(_env(env, "TICKGUARD_UDF_MAX_IN_FLIGHT", "2")),
-        score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", "score"),
-        flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", "anomaly"),
+        score_field=_env(env, "TICKGUARD_UDF_SCORE_FIELD", SCORE_FIELD),
+        flag_field=_env(env, "TICKGUARD_UDF_FLAG_FIELD", FLAG_FIELD),
         # Set but empty = no label field, as `.labelField('')` in a task: no tp/fp/fn/tn.
-        label_field=_env_or_empty(env, "TICKGUARD_UDF_LABEL_FIELD", "Class"),
+        label_field=_env_or_empty(env, "TICKGUARD_UDF_LABEL_FIELD", DEFAULT_LABEL_FIELD),
         output=output,
         keep_fields=keep_fields,
         metrics_host=_env(env, "TICKGUARD_UDF_METRICS_HOST", "127.0.0.1"),
@@ -108,11 +104,7 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         kapacitor_url=_env(env, "TICKGUARD_KAPACITOR_URL", "").rstrip("/"),
         kapacitor_username=_env(env, "TICKGUARD_KAPACITOR_USERNAME", ""),
         kapacitor_password=_env(env, "TICKGUARD_KAPACITOR_PASSWORD", ""),
-        udf_names=tuple(
-            name.strip()
-            for name in _env(env, "TICKGUARD_UDF_NAMES", "tickguard,tickguard_batch").split(",")
-            if name.strip()
-        ),
+        udf_names=parse_names(_env(env, "TICKGUARD_UDF_NAMES", "tickguard,tickguard_batch")),
         watchdog_interval_s=float(_env(env, "TICKGUARD_WATCHDOG_INTERVAL", "2.0")),
         orphan_grace_s=float(_env(env, "TICKGUARD_WATCHDOG_ORPHAN_GRACE", "5.0")),
         # On by default wherever the agent knows its InfluxDB; TICKGUARD_BACKFILL_ON_HEAL=false turns it off.

@@ -27,11 +27,13 @@ from tickguard.agent.metrics import AgentMetrics
 from tickguard.agent.options import (
     MODE_ECHO,
     MODE_NAIVE,
+    LabelRule,
     OptionError,
     TaskOptions,
     defaults,
     info_response,
     parse_options,
+    resolve_features,
 )
 from tickguard.agent.pipeline import (
     Batch,
@@ -41,7 +43,7 @@ from tickguard.agent.pipeline import (
     render,
     render_unscored,
 )
-from tickguard.agent.scoring import ClientRegistry, ScoringClient, ScoringUnavailable
+from tickguard.agent.scoring import ClientRegistry, ModelNotServed, ScoringClient, ScoringUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ class Connection:
         self.options: TaskOptions | None = None
         self.client: ScoringClient | None = None
         self.encoder: ScoredFieldsEncoder | None = None
+        # The served model's features resolved against the task's .fields(), per model card (object).
+        self._resolved_card: dict | None = None
+        self._resolved: tuple[tuple[str, ...] | None, tuple[str, ...] | None, str] = (None, None, "")
+        self.label_rule = LabelRule(None)
         self.queued_points = 0  # received, not yet written back
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
@@ -235,23 +241,63 @@ class Connection:
             response.init.error = f"tickguard: {exc}"
             log.warning("%s: init refused: %s", self.describe(), exc)
             return
-        self.options = options
         if options.mode != MODE_ECHO:
-            self.client = self.clients.get(options.url)
+            self.client = self.clients.get(options.url, options.model)
+            refusal = self._check_model(options)
+            if refusal:
+                response.init.success = False
+                response.init.error = f"tickguard: {refusal}"
+                log.warning("%s: init refused: %s", self.describe(), refusal)
+                return
             self.encoder = ScoredFieldsEncoder(options.score_field, options.flag_field)
+        self.options = options
         if options.mode not in (MODE_ECHO, MODE_NAIVE):
             self._start_pipeline()
         response.init.success = True
         log.info(
-            "%s: init mode=%s output=%s url=%s batch=%d flush=%.3gs timeout=%.3gs",
+            "%s: init mode=%s model=%s output=%s url=%s batch=%d flush=%.3gs timeout=%.3gs",
             self.describe(),
             options.mode,
+            options.model or "(default)",
             options.output,
             options.url,
             options.batch_size,
             options.flush_interval_s,
             options.timeout_s,
         )
+
+    def _check_model(self, options: TaskOptions) -> str:
+        """Why the task cannot start (an unknown model, `.fields()` naming features the model lacks), or ''.
+
+        A service that cannot be reached now does not stop the task: its points leave unscored (with the
+        reason) until the service answers, and the mapping is checked when the model card first arrives.
+        """
+        self.options = options  # _features reads the options
+        try:
+            self.client.card(options.timeout_s)
+        except ModelNotServed as exc:
+            self.options = None
+            return str(exc)
+        except ScoringUnavailable as exc:
+            log.warning(
+                "%s: cannot check the model's features now (%s); checked once it answers",
+                self.describe(),
+                exc,
+            )
+            return ""
+        features, _fields, error = self._features()
+        self.options = None
+        if features is None:
+            return error
+        log.info(
+            "%s: model %s features %s; label '%s' positive: %s",
+            self.describe(),
+            options.model or "(default)",
+            ", ".join(features),
+            options.label_field,
+            self.label_rule.describe(),
+        )
+        return ""
 
     # ---- scoring pipeline --------------------------------------------------------------------
 
@@ -290,18 +336,38 @@ class Connection:
         """The numeric input fields lean output keeps, or None for full output."""
         return self.options.keep_fields if self.options.output == OUTPUT_LEAN else None
 
-    def _features(self) -> tuple[tuple[str, ...] | None, str]:
-        if self.options.fields is not None:
-            return self.options.fields, ""
+    def _features(self) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, str]:
+        """(model features, the point field of each, '') or (None, None, why they are unknown)."""
         try:
-            return self.client.model_features(self.options.timeout_s), ""
+            card = self.client.card(self.options.timeout_s)
         except ScoringUnavailable as exc:
             self.metrics.errors.labels(kind="model_card").inc()
-            return None, f"feature list unknown: {exc}"
+            return None, None, f"feature list unknown: {exc}"
+        if card is not self._resolved_card:
+            features = tuple(card["features"])
+            try:
+                self._resolved = (
+                    features,
+                    resolve_features(features, self.options.fields, self.options.model),
+                    "",
+                )
+            except OptionError as exc:
+                self._resolved = (None, None, str(exc))
+            self._resolved_card = card
+            self.label_rule = LabelRule.from_card(card)
+        return self._resolved
 
     def _score_now(self, batch: Batch) -> None:
-        features, features_error = self._features()
-        prepare(batch, features, self.options.label_field, features_error, self._lean_keep())
+        features, fields, features_error = self._features()
+        prepare(
+            batch,
+            features,
+            self.options.label_field,
+            features_error,
+            self._lean_keep(),
+            fields=fields,
+            label_rule=self.label_rule,
+        )
         result, error = None, ""
         if batch.rows:
             try:
@@ -346,9 +412,17 @@ class Connection:
 
     def _start_batch(self, frames: list[bytes], arrival: float, blocked_at_arrival: float) -> None:
         batch = Batch(frames, arrival)
-        features, features_error = self._features()
+        features, fields, features_error = self._features()
         try:
-            prepare(batch, features, self.options.label_field, features_error, self._lean_keep())
+            prepare(
+                batch,
+                features,
+                self.options.label_field,
+                features_error,
+                self._lean_keep(),
+                fields=fields,
+                label_rule=self.label_rule,
+            )
         except MalformedRequest:
             raise
         except Exception as exc:  # a bug must not stop the task: these points leave unscored

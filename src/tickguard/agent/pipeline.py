@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, point_response_frame
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
+from tickguard.agent.options import LabelRule
 from tickguard.agent.scoring import ScoreResult
 from tickguard.scoring.payloads import columns_request
 
@@ -42,19 +43,6 @@ class Batch:
     rows: int = 0
     # lean output: per point, the re-encoded Point without its numeric input fields (None = full output)
     lean: list[bytes] | None = None
-
-
-def _label_value(point: pb.Point, name: str) -> bool | None:
-    value = point.fieldsInt.get(name)  # the usual place (`Class=0i`); .get() does not insert a default
-    if value is not None:
-        return value != 0
-    if name in point.fieldsDouble:
-        return point.fieldsDouble[name] != 0.0
-    if name in point.fieldsBool:
-        return point.fieldsBool[name]
-    if name in point.fieldsString:
-        return point.fieldsString[name].strip().lower() in ("1", "true", "yes", "fraud")
-    return None
 
 
 def feature_problem(point: pb.Point, features: tuple[str, ...]) -> str:
@@ -150,21 +138,29 @@ def decode_run(frames: list[bytes]):
         raise MalformedRequest("a run of point requests is not valid protobuf") from None
 
 
+_LEGACY_LABELS = LabelRule(None)
+
+
 def prepare(
     batch: Batch,
     features: tuple[str, ...] | None,
     label_field: str,
     features_error: str = "",
     lean_keep: tuple[str, ...] | None = None,
+    fields: tuple[str, ...] | None = None,
+    label_rule: LabelRule | None = None,
 ) -> None:
     """Decode the batch, pick out each point's feature row and label, and build the /predict body.
 
+    `features` are the model's (the body's columns); `fields` the point field each is read from (None =
+    the same names). `label_rule` decides which label values are positive (None = the legacy rule).
     `lean_keep` not None: the output points are lean (see lean_points), keeping those numeric fields.
     """
     points = decode_run(batch.frames)
     batch.times = [p.time for p in points]
     if label_field:
-        batch.labels = [_label_value(p, label_field) for p in points]
+        label_of = (label_rule or _LEGACY_LABELS).value
+        batch.labels = [label_of(p, label_field) for p in points]
     else:
         batch.labels = [None] * len(points)
     if features is None:
@@ -173,6 +169,8 @@ def prepare(
         if lean_keep is not None:
             batch.lean = lean_points(points, lean_keep)
         return
+    columns = features
+    features = fields or features
     if len(features) == 1:
         only = features[0]
 
@@ -208,7 +206,7 @@ def prepare(
     batch.row_of = row_of
     batch.rows = len(rows)
     if rows:
-        batch.body = columns_request(features, rows)
+        batch.body = columns_request(columns, rows)
     if lean_keep is not None:
         batch.lean = lean_points(points, lean_keep, fresh)
 

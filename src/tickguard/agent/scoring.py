@@ -45,6 +45,10 @@ class ScoringUnavailable(Exception):
 ScoreResult = PredictResult
 
 
+class ModelNotServed(ScoringUnavailable):
+    """The service answers but does not serve the named model (HTTP 404): the task cannot work."""
+
+
 class CircuitBreaker:
     """Opens after `failures` consecutive failed batches; lets one trial through after `cooldown_s`."""
 
@@ -125,12 +129,16 @@ class ScoringClient:
         self._card_lock = threading.Lock()
         self._card: dict | None = None
         self._card_failed_at = -CARD_RETRY_S
-        self._card_error = ""
+        self._card_failure = ScoringUnavailable("")
 
     # ---- model card ----------------------------------------------------------------------
 
     def model_features(self, timeout_s: float) -> tuple[str, ...]:
-        """The served model's feature names (GET /model), cached until the model version changes.
+        """The served model's feature names (GET /model), cached until the model version changes."""
+        return tuple(self.card(timeout_s)["features"])
+
+    def card(self, timeout_s: float) -> dict:
+        """The served model's card (GET /model[?model=NAME]), cached until the model version changes.
 
         A failed fetch is remembered for CARD_RETRY_S, so an outage costs one request per second, not
         one per batch, and never stalls the batcher for longer than one short timeout.
@@ -140,7 +148,7 @@ class ScoringClient:
             with self._card_lock:
                 if self._card is None:
                     if time.monotonic() - self._card_failed_at < CARD_RETRY_S:
-                        raise ScoringUnavailable(self._card_error)
+                        raise self._card_failure
                     if not self.breaker.allow():
                         raise ScoringUnavailable(f"scoring circuit open: {self.breaker.last_error}")
                     self.breaker.release_trial()
@@ -148,10 +156,10 @@ class ScoringClient:
                         self._card = self._fetch_card(min(timeout_s, CARD_TIMEOUT_S))
                     except ScoringUnavailable as exc:
                         self._card_failed_at = time.monotonic()
-                        self._card_error = str(exc)
+                        self._card_failure = exc
                         raise
                 card = self._card
-        return tuple(card["features"])
+        return card
 
     def forget_card_unless(self, model_version: str) -> None:
         """Drop the cached card when the service reports a different model version (a reload)."""
@@ -166,6 +174,11 @@ class ScoringClient:
             response = self.session.get(url, timeout=max(timeout_s, MIN_ATTEMPT_S))
         except requests.RequestException as exc:
             raise ScoringUnavailable(f"GET {url} failed: {_short(exc)}") from None
+        if response.status_code == 404 and self.model:
+            detail = _error_detail(response.content)
+            raise ModelNotServed(
+                f"the scoring service at {self.url} does not serve model '{self.model}': {detail}"
+            )
         if response.status_code != 200:
             raise ScoringUnavailable(f"GET {url} returned HTTP {response.status_code}")
         try:
@@ -266,34 +279,37 @@ def _error_detail(content: bytes) -> str:
 
 
 class ClientRegistry:
-    """One ScoringClient per service URL for the whole agent process."""
+    """One ScoringClient per (service URL, model) for the whole agent process; one breaker per URL
+    (a service that is down is down for every model it serves)."""
 
     def __init__(
         self, retries: int, breaker_failures: int, breaker_cooldown_s: float, on_breaker_change=None
     ) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[str, ScoringClient] = {}
+        self._clients: dict[tuple[str, str | None], ScoringClient] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._retries = retries
         self._failures = breaker_failures
         self._cooldown = breaker_cooldown_s
         self._on_breaker_change = on_breaker_change
 
-    def get(self, url: str) -> ScoringClient:
-        """The shared client of `url`, created on first use."""
+    def get(self, url: str, model: str | None = None) -> ScoringClient:
+        """The shared client of `model` (None = the default model) at `url`, created on first use."""
         with self._lock:
-            client = self._clients.get(url)
+            client = self._clients.get((url, model))
             if client is None:
-                on_change = (
-                    (lambda state, u=url: self._on_breaker_change(u, state))
-                    if self._on_breaker_change
-                    else None
-                )
-                client = ScoringClient(
-                    url, self._retries, CircuitBreaker(self._failures, self._cooldown, on_change)
-                )
-                self._clients[url] = client
-                if on_change:
-                    on_change(BREAKER_CLOSED)
+                breaker = self._breakers.get(url)
+                if breaker is None:
+                    on_change = (
+                        (lambda state, u=url: self._on_breaker_change(u, state))
+                        if self._on_breaker_change
+                        else None
+                    )
+                    breaker = self._breakers[url] = CircuitBreaker(self._failures, self._cooldown, on_change)
+                    if on_change:
+                        on_change(BREAKER_CLOSED)
+                client = ScoringClient(url, self._retries, breaker, model=model)
+                self._clients[(url, model)] = client
             return client
 
     def clients(self) -> list[ScoringClient]:
