@@ -8,11 +8,13 @@ TICKGUARD_UDF_LABEL_FIELD means "no label" in the agent and the backfill alike. 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tickguard.agent.config import agent_settings
+from tickguard.errors import TickguardError
 from tickguard.ops.config import backfill_settings
 from tickguard.ops.livetask import TaskScriptError, apply_live_task, feature_pairs, live_task
 
@@ -93,3 +95,36 @@ def test_an_explicitly_empty_label_field_means_no_label(env: dict, label: str) -
     """TICKGUARD_UDF_LABEL_FIELD="" was read as unset, so tp/fp/fn/tn appeared where no label was wanted."""
     assert backfill_settings(env).label_field == label
     assert agent_settings(env).label_field == label
+
+
+def test_a_detector_gives_the_backfill_its_source_output_label_and_model() -> None:
+    from tickguard.detectors import load_detector
+    from tickguard.ops.config import apply_detector
+
+    settings = apply_detector(backfill_settings({}), load_detector("shuttle"))
+    assert (settings.database, settings.source_measurement) == ("shuttle", "readings")
+    assert (settings.scored_measurement, settings.model, settings.label_field) == (
+        "readings_scored",
+        "shuttle",
+        "anomaly",
+    )
+    fraud = apply_detector(backfill_settings({}), load_detector("fraud"))
+    # The fraud detector is what the environment's defaults always were (plus the model's name).
+    assert replace(fraud, model="", detector="") == backfill_settings({})
+
+
+def test_a_label_the_flag_would_overwrite_is_refused() -> None:
+    """Shuttle's label is `anomaly`, the default flag field: its task must name another flag field."""
+    from tickguard.detectors import load_detector
+    from tickguard.ops.backfill import Backfiller
+    from tickguard.ops.config import apply_detector
+
+    settings = apply_detector(backfill_settings({}), load_detector("shuttle"))
+    with pytest.raises(TickguardError, match="label field 'anomaly' is also the flag field"):
+        Backfiller(settings)
+    task = live_task(
+        "shuttle",
+        "stream|from().measurement('readings')@tickguard().flagField('flagged')",
+        [("shuttle", "autogen")],
+    )
+    assert apply_live_task(settings, task).flag_field == "flagged"

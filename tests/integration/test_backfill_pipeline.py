@@ -93,6 +93,21 @@ def test_labels_are_read_like_the_agent_reads_them() -> None:
     ]
 
 
+def test_labels_follow_the_served_models_positive_values_as_in_the_agent() -> None:
+    from tickguard.agent.options import LabelRule
+
+    rule = LabelRule(["anomalous", 4])  # a detector's [label] positive values, from the model card
+    assert [label_of(v, rule) for v in ("anomalous", "normal", 4, 4.0, "4", 1, None)] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        None,
+    ]
+
+
 def test_counterparts_match_by_time_and_txid_when_both_have_one() -> None:
     match = Backfiller.match
     assert match(None, "tx1") is None

@@ -27,7 +27,9 @@ from typing import Any
 
 import requests
 
+from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.config import OUTPUT_LEAN
+from tickguard.agent.options import LabelRule
 from tickguard.errors import TickguardError
 from tickguard.influx import (
     NUMERIC_TYPES,
@@ -51,7 +53,6 @@ from tickguard.scoring.payloads import (
 
 log = logging.getLogger(__name__)
 
-TXID_FIELD = "txid"
 BACKFILLED_FIELD = "backfilled"
 _NUMERIC = frozenset(NUMERIC_TYPES)  # InfluxDB field types a lean point drops (unless kept)
 PROGRESS_EVERY_S = 5.0
@@ -118,7 +119,7 @@ class ScoringApi:
         self.settings = settings
         self.model = model
         self.session = requests.Session()
-        self._features: tuple[str, ...] | None = None
+        self._card: dict[str, Any] | None = None
 
     def _post_or_get(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         # 408/429: the service is busy, not refusing the rows; worth another try.
@@ -133,18 +134,26 @@ class ScoringApi:
             **kwargs,
         )
 
-    def features(self) -> tuple[str, ...]:
-        """The served model's features (GET /model), fetched once."""
-        if self._features is None:
+    def card(self) -> dict[str, Any]:
+        """The served model's card (GET /model), fetched once."""
+        if self._card is None:
             path = card_path(self.model)
             response = self._post_or_get("GET", path)
             try:
-                self._features = tuple(parse_card(response.content)["features"])
+                self._card = parse_card(response.content)
             except PayloadError as exc:
                 raise TickguardError(
                     f"GET {self.settings.api_url}{path} ({response.status_code}): {exc}"
                 ) from None
-        return self._features
+        return self._card
+
+    def features(self) -> tuple[str, ...]:
+        """The served model's features, in its order."""
+        return tuple(self.card()["features"])
+
+    def label_rule(self) -> LabelRule:
+        """What counts as a positive label: the served model's detector's positive values, as in the agent."""
+        return LabelRule.from_card(self.card())
 
     def score(self, rows: list[list[float]], columns: tuple[str, ...] | None = None) -> Scores:
         """Scores of rows given in `columns` order (default: `features()`, the served model's)."""
@@ -183,15 +192,22 @@ def feature_row(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[list[floa
     return values, ""
 
 
-def label_of(value: Any) -> bool | None:
-    """The ground-truth label as the agent reads it (non-zero number, true, or '1'/'true'/'yes'/'fraud')."""
+def label_of(value: Any, rule: LabelRule | None = None) -> bool | None:
+    """The ground-truth label as the agent reads it: by `rule` (the model card's positive values; without
+    one, non-zero / true / '1', 'true', 'yes', 'fraud'). The value is put in a protocol point, typed as
+    InfluxDB returned it, so the agent's own rule decides: one rule, not a copy of it."""
     if value is None:
         return None
+    point = pb.Point()
     if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return value != 0
-    return str(value).strip().lower() in ("1", "true", "yes", "fraud")
+        point.fieldsBool["label"] = value
+    elif isinstance(value, int):
+        point.fieldsInt["label"] = value
+    elif isinstance(value, float):
+        point.fieldsDouble["label"] = value
+    else:
+        point.fieldsString["label"] = str(value)
+    return (rule or LabelRule(None)).value(point, "label")
 
 
 # ---- the backfill -----------------------------------------------------------------------------------
@@ -255,13 +271,20 @@ class Backfiller:
         progress: Callable[[BackfillReport], None] | None = None,
     ):
         self.settings = settings or backfill_settings()
+        s = self.settings
+        if s.label_field and s.label_field in (s.score_field, s.flag_field):
+            # The agent refuses this too: the written flag or score would overwrite the ground truth.
+            raise TickguardError(
+                f"label field {s.label_field!r} is also the {'score' if s.label_field == s.score_field else 'flag'} "
+                "field: give the task (or TICKGUARD_UDF_FLAG_FIELD / _SCORE_FIELD) another name"
+            )
         self.target = target or self.settings.scored_measurement
         self.rescore_unscored = rescore_unscored
         self.rescore_all = rescore_all
         self.dry_run = dry_run
         self.progress = progress
         self.influx = influx_client(self.settings)
-        self.api = ScoringApi(self.settings)
+        self.api = ScoringApi(self.settings, model=self.settings.model or None)
         self.skipped_points = 0  # points of the last plan in buckets that needed nothing
 
     # -- planning -------------------------------------------------------------------------------------
@@ -321,13 +344,16 @@ class Backfiller:
         if self.rescore_all:
             return index
         score_field = self.settings.score_field
-        columns = ", ".join(quote_ident(name) for name in ("scored", TXID_FIELD, score_field))
+        # Without an id field, the timestamp alone matches a raw point to its scored one.
+        names = ("scored", score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
+        columns = ", ".join(quote_ident(name) for name in dict.fromkeys(names))
         rows = self.influx.rows(
             f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}"
         )
         for _tags, row in rows:
             scored = row.get("scored") is True and row.get(self.settings.score_field) is not None
-            index.setdefault(int(row["time"]), []).append((row.get(TXID_FIELD), scored))
+            point_id = row.get(self.settings.id_field) if self.settings.id_field else None
+            index.setdefault(int(row["time"]), []).append((point_id, scored))
         return index
 
     @staticmethod
@@ -368,7 +394,8 @@ class Backfiller:
             pending: list[tuple[dict[str, str], dict[str, Any], bool]] = []
             for tags, row in rows:
                 report.source_points += 1
-                status = self.match(index.get(int(row["time"])), row.get(TXID_FIELD))
+                point_id = row.get(self.settings.id_field) if self.settings.id_field else None
+                status = self.match(index.get(int(row["time"])), point_id)
                 if status is True:
                     report.already_scored += 1
                     continue
@@ -416,6 +443,7 @@ class Backfiller:
         columns = tuple(feature for feature, _field in features)
         point_fields = tuple(field_name for _feature, field_name in features)
         out_types = dict(types)
+        rule = self.api.label_rule() if s.label_field else None
         lines: list[str] = []
         for offset in range(0, len(pending), s.batch_size):
             chunk = pending[offset : offset + s.batch_size]
@@ -447,7 +475,7 @@ class Backfiller:
                     fields["scored"] = True
                     fields["model_version"] = result.model_version
                     fields["threshold"] = float(threshold)
-                    label = label_of(row.get(s.label_field)) if s.label_field else None
+                    label = label_of(row.get(s.label_field), rule) if s.label_field else None
                     if label is not None:
                         cells = {"tp": label and flagged, "fp": (not label) and flagged}
                         cells |= {"fn": label and not flagged, "tn": (not label) and not flagged}

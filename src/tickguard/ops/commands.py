@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--database", help="database (TICKGUARD_INFLUXDB_DATABASE, default fraud)")
     parser.add_argument("--api-url", help="scoring service URL (TICKGUARD_SCORING_URL)")
     parser.add_argument(
+        "--detector",
+        metavar="NAME",
+        help="take source, output measurement, id, kept and label fields and model from detectors/NAME.toml "
+        "(default: the environment's settings, which are the fraud detector's)",
+    )
+    parser.add_argument(
         "--kapacitor-url", help="Kapacitor URL to read the live task from (TICKGUARD_KAPACITOR_URL)"
     )
     parser.add_argument(
@@ -90,6 +96,11 @@ def run_backfill(args: argparse.Namespace) -> int:
     from tickguard.ops.livetask import settings_for_task
 
     settings = backfill_settings()
+    if args.detector:
+        from tickguard.detectors import load_detector
+        from tickguard.ops.config import apply_detector
+
+        settings = apply_detector(settings, load_detector(args.detector))
     if args.kapacitor_url:
         settings = replace(settings, kapacitor_url=args.kapacitor_url.rstrip("/"))
     task_id = args.task or settings.task_id

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from tickguard.agent.config import output_shape
 from tickguard.stack.config import MEASUREMENT, SCORED_MEASUREMENT, influx_settings
+
+if TYPE_CHECKING:
+    from tickguard.detectors import DetectorSpec
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class BackfillSettings:
     kapacitor_username: str = ""
     kapacitor_password: str = ""
     task_id: str = ""  # the live task whose points are backfilled ("" = none named)
+    model: str = ""  # the served model to score with ("" = the service's default)
+    id_field: str = "txid"  # matches a raw point to its scored one, with the timestamp ("" = timestamp only)
+    detector: str = ""  # the detector the settings came from ("" = none)
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
@@ -58,6 +65,25 @@ def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
     """The variable when set, even to '' (which means "none"); `default` only when it is unset."""
     value = env.get(name)
     return default if value is None else value.strip()
+
+
+def apply_detector(settings: BackfillSettings, spec: DetectorSpec) -> BackfillSettings:
+    """The settings for a detector's points (tickguard.detectors): its source, its output measurement, id and
+    kept fields, its label, its model. A live task's definition, applied after, still decides over these."""
+    label = spec.label.field if spec.label is not None else ""
+    keep = tuple(dict.fromkeys((*spec.output.display_fields, *((label,) if label else ()))))
+    return replace(
+        settings,
+        database=spec.source.database,
+        retention_policy=spec.source.retention_policy,
+        source_measurement=spec.source.measurement,
+        scored_measurement=spec.output.measurement,
+        id_field=spec.output.id_field or "",
+        label_field=label,
+        keep_fields=keep,
+        model=spec.model.name,
+        detector=spec.name,
+    )
 
 
 def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:

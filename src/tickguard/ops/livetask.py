@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tickguard.agent.schema import FieldListError, parse_field_map, parse_names
 from tickguard.errors import TickguardError
 from tickguard.influx import parse_duration_ns
 from tickguard.ops.config import BackfillSettings
@@ -266,16 +267,12 @@ def _option(task: LiveTask, name: str) -> Any:
 
 
 def feature_pairs(specs: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    """(model feature, point field) pairs of `.fields()` values: 'V1,V2' or 'amount=Amount,...'."""
-    pairs: list[tuple[str, str]] = []
-    for spec in specs:
-        for part in str(spec).split(","):
-            item = part.strip()
-            if not item:
-                continue
-            feature, _, point_field = item.partition("=")
-            pairs.append((feature.strip(), (point_field or feature).strip()))
-    return tuple(pairs)
+    """(model feature, point field) pairs of `.fields()` values: 'V1,V2' or 'amount=Amount,...' (the agent's
+    grammar, tickguard.agent.schema, so quoted names read the same here)."""
+    try:
+        return tuple(pair for spec in specs for pair in parse_field_map(str(spec)))
+    except FieldListError as exc:
+        raise TaskScriptError(f".fields(): {exc}") from None
 
 
 def apply_live_task(settings: BackfillSettings, task: LiveTask) -> BackfillSettings:
@@ -307,7 +304,13 @@ def apply_live_task(settings: BackfillSettings, task: LiveTask) -> BackfillSetti
         changes["label_field"] = str(label).strip()  # '' = no label: no tp/fp/fn/tn, as in the agent
     keep = _option(task, "keep")
     if keep is not None:
-        changes["keep_fields"] = tuple(n.strip() for n in str(keep).split(",") if n.strip())
+        try:
+            changes["keep_fields"] = parse_names(str(keep))
+        except FieldListError as exc:
+            raise TaskScriptError(f"task {task.task_id!r}: .keep(): {exc}") from None
+    model = _option(task, "model")
+    if model is not None:
+        changes["model"] = str(model).strip()
     url = _option(task, "url")
     if url is not None:
         changes["api_url"] = str(url).rstrip("/")
