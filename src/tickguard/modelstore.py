@@ -210,6 +210,26 @@ def card_detector_differences(card: Mapping[str, Any], detector: DetectorSpec) -
     return differences
 
 
+def recorded_detector_differences(card: Mapping[str, Any], detector_name: str) -> list[str]:
+    """How a card disagrees with the detector spec it recorded itself (for hosts without the detector file).
+
+    The card must belong to `detector_name` (the directory it sits in) and its features must be the
+    recorded spec's fields; a card that records no spec has nothing to compare.
+    """
+    recorded = card.get(CARD_DETECTOR)
+    if not isinstance(recorded, Mapping):
+        return []
+    differences = []
+    if recorded.get("name") != detector_name:
+        differences.append(f"the card was made for detector {recorded.get('name')!r}, not {detector_name!r}")
+    fields = [
+        item.get("field") if isinstance(item, Mapping) else item for item in recorded.get("features", [])
+    ]
+    if list(card.get("features", [])) != fields:
+        differences.append(f"features differ from the recorded spec's fields {fields}")
+    return differences
+
+
 def save_model(
     estimator: Any, card: dict, model_dir: Path | str, detector: DetectorSpec | None = None
 ) -> dict:

@@ -367,3 +367,22 @@ def test_the_payload_contract_round_trips_between_client_and_server():
             parse_predict_response(broken)
     assert predict_path() == "/predict" and predict_path("a b/c") == "/predict?model=a%20b%2Fc"
     assert card_path("shuttle") == "/model?model=shuttle"
+
+
+def test_without_the_detector_file_a_card_is_checked_against_the_spec_it_recorded(
+    service_models_dir, tmp_path
+):
+    """The api image may hold models but no detector files: the card's own record still guards the load."""
+    import shutil
+
+    lr = service_models_dir / FRAUD / LR_MODEL
+    shutil.copytree(lr, tmp_path / FRAUD / LR_MODEL)
+    shutil.copytree(lr, tmp_path / "shuttle" / LR_MODEL)  # a fraud model in the wrong detector's folder
+    no_files = lambda name: None  # noqa: E731  (a host without detectors/*.toml)
+    right = ModelHolder(tmp_path / FRAUD, 10, detector=FRAUD, detector_lookup=no_files)
+    right.load_initial(LR_MODEL)
+    assert right.current is not None and right.current.version == LR_MODEL
+    wrong = ModelHolder(tmp_path / "shuttle", 10, detector="shuttle", detector_lookup=no_files)
+    wrong.load_initial(LR_MODEL)
+    assert wrong.current is None
+    assert "the card was made for detector 'fraud', not 'shuttle'" in wrong.last_error

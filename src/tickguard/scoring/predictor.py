@@ -33,6 +33,8 @@ from tickguard.modelstore import (
     detector_models_dir,
     load_model,
     production_models,
+    read_card,
+    recorded_detector_differences,
     resolve_model_dir,
 )
 from tickguard.scoring.errors import ScoringError
@@ -234,13 +236,21 @@ class ModelHolder:
         return self.detector
 
     def _load(self, model_dir: Path | str) -> Predictor:
-        """Load one model directory, checked against this detector's file."""
+        """Load one model directory, checked against this detector's file (or, without one, the spec
+        its card recorded)."""
         try:
             spec = self.detector_lookup(self.detector)
         except TickguardError as exc:
             raise TickguardError(
                 f"detector {self.detector} cannot be read, so its model is not loaded: {exc}"
             ) from exc
+        if spec is None:
+            differences = recorded_detector_differences(read_card(model_dir), self.detector)
+            if differences:
+                raise TickguardError(
+                    f"model in {model_dir} disagrees with the detector spec its card records: "
+                    f"{'; '.join(differences)}"
+                )
         return Predictor.load(model_dir, self.max_rows, detector=spec)
 
     def load_initial(self, model: Path | str) -> None:
