@@ -96,6 +96,9 @@ def base_root(release: str) -> Path:
         if result.returncode != 0:
             raise ImageError(f"scripts/rootfs-base.sh failed for {release} (output above)")
         progress(f"base {release}: ready in {time.monotonic() - started:.0f} s")
+        for older in cache_dir().glob(f"base-{release}-*"):  # earlier versions of the script
+            if older != path:
+                shutil.rmtree(older, ignore_errors=True)
     return path
 
 
@@ -719,6 +722,9 @@ class Builder:
     def _prune(self) -> None:
         """Drop cached stages of this Dockerfile that its current stages no longer use."""
         current = {self.key(stage) for stage in self.stages}
+        # Builds run under the cache lock, which we hold: any half-built stage left is from a killed run.
+        for partial in (cache_dir() / "stages").glob("*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
         for meta in (cache_dir() / "stages").glob("*/meta.json"):
             data = json.loads(meta.read_text())
             stale = data["dockerfile"] == str(self.dockerfile) and meta.parent.name not in current

@@ -60,7 +60,6 @@ def measure(context: Path) -> dict[str, dict]:
     args = {"PYTHON_IMAGE": env_example(context)["PYTHON_IMAGE"]}
     sizes = {}
     for dockerfile, services in sorted(dockerfiles(context).items()):
-        started = time.monotonic()
         image = rootfs.Builder(context / dockerfile, context, args, "+".join(services)).build()
         environment = next(image.root / p for p in PYTHON_ENVIRONMENTS if (image.root / p).is_dir())
         sizes[dockerfile] = {
@@ -68,7 +67,6 @@ def measure(context: Path) -> dict[str, dict]:
             "root_mib": du_mib(image.root),
             "python_env": "/" + str(environment.relative_to(image.root)),
             "python_env_mib": du_mib(environment),
-            "build_seconds": round(time.monotonic() - started, 1),
         }
         rootfs.progress(f"{dockerfile}: {sizes[dockerfile]}")
     return sizes
