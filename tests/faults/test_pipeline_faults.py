@@ -209,6 +209,7 @@ def test_udf_agent_killed_and_restarted_watchdog_heals_and_backfills(
     watchdog.add_callback(
         heal_hook(
             pipeline.backfill_settings(),
+            kapacitor_url=pipeline.stack.kapacitor_url,  # backfill as the healed task writes (its definition)
             settle_s=3.0,
             lookback_s=30.0,
             on_done=lambda r: (reports.append(r), done.set()),
