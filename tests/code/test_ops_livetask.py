@@ -26,7 +26,11 @@ def test_the_projects_score_task_is_read_with_its_variables() -> None:
     assert (task.database, task.retention_policy) == ("fraud", "autogen")
     assert (task.source_measurement, task.output_measurement) == ("transactions", "transactions_scored")
     assert task.output_retention_policy == "autogen"
-    assert task.options.calls == ()  # a bare @tickguard(): the environment decides, as in the agent
+    assert task.udf == "tickguard"
+    settings = apply_live_task(backfill_settings({}), task)
+    # No threshold, label or shape of its own: the environment decides those, as in the agent.
+    assert (settings.threshold, settings.label_field, settings.output) == (None, "Class", "lean")
+    assert settings.model in ("", "fraud")
 
 
 SCRIPT = """
