@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU-profile influxd and kapacitord (Go pprof) this long in the sustained phase",
     )
     parser.add_argument("--label", default="", help="name of this variant (profile file names)")
-    parser.add_argument("--model", help="model directory (default models/production)")
+    parser.add_argument("--model", help="model directory (default models/fraud/production)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     args = parser.parse_args(argv)
