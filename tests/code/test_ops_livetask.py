@@ -132,3 +132,9 @@ def test_a_label_the_flag_would_overwrite_is_refused() -> None:
         [("shuttle", "autogen")],
     )
     assert apply_live_task(settings, task).flag_field == "flagged"
+
+
+def test_a_templates_variables_win_over_the_scripts_defaults() -> None:
+    script = "var th = 0.5\nstream|from().measurement('m')@tickguard().threshold(th)|influxDBOut()"
+    task = live_task("t", script, [("db", "rp")], task_vars={"th": 0.8})
+    assert apply_live_task(backfill_settings({}), task).threshold == 0.8

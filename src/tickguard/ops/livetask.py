@@ -114,10 +114,16 @@ def tokens(script: str) -> list[tuple[str, str]]:
     return found
 
 
-def parse_script(script: str) -> tuple[dict[str, Any], tuple[str, str] | None, list[Node]]:
-    """(variables, dbrp, nodes) of a TICKscript: literal `var`s, the first `dbrp`, every chain node in order."""
+def parse_script(
+    script: str, task_vars: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], tuple[str, str] | None, list[Node]]:
+    """(variables, dbrp, nodes) of a TICKscript: literal `var`s, the first `dbrp`, every chain node in order.
+
+    `task_vars` are the values a task defined from a template gives its `var`s (they win over the script's).
+    """
     toks = tokens(script)
-    variables: dict[str, Any] = {}
+    preset = dict(task_vars or {})
+    variables: dict[str, Any] = dict(preset)
     dbrp: tuple[str, str] | None = None
     nodes: list[Node] = []
     current: dict[str, Any] | None = None
@@ -170,7 +176,7 @@ def parse_script(script: str) -> tuple[dict[str, Any], tuple[str, str] | None, l
         if kind == "word" and text == "var" and i + 3 < len(toks) and toks[i + 2][1] == "=":
             close_current()
             name = toks[i + 1][1]
-            if i + 4 >= len(toks) or toks[i + 4][1] not in ("|", "@", ".", "("):
+            if name not in preset and (i + 4 >= len(toks) or toks[i + 4][1] not in ("|", "@", ".", "(")):
                 variables[name] = value_at(i + 3)
             i += 3
             continue
@@ -208,9 +214,10 @@ def live_task(
     script: str,
     dbrps: Iterable[tuple[str, str]] = (),
     udf_names: Iterable[str] = DEFAULT_UDF_NAMES,
+    task_vars: dict[str, Any] | None = None,
 ) -> LiveTask:
-    """Read a scoring task's TICKscript (and the dbrps Kapacitor reports for it)."""
-    variables, dbrp, nodes = parse_script(script)
+    """Read a scoring task's TICKscript (and the dbrps and template vars Kapacitor reports for it)."""
+    variables, dbrp, nodes = parse_script(script, task_vars)
     names = tuple(udf_names)
     udf_index = next((i for i, node in enumerate(nodes) if node.kind == "@" and node.name in names), None)
     if udf_index is None:
@@ -252,7 +259,10 @@ def fetch_live_task(
         password=settings.kapacitor_password or None,
     )
     task = client.get_task(task_id)
-    return live_task(task.id, task.script, task.dbrps, udf_names)
+    # A task made from a template carries its variables' values apart from the script: {"name": {"value": v}}.
+    raw_vars = task.raw.get("vars") or {}
+    task_vars = {name: spec.get("value") for name, spec in raw_vars.items() if isinstance(spec, dict)}
+    return live_task(task.id, task.script, task.dbrps, udf_names, task_vars)
 
 
 def _option(task: LiveTask, name: str) -> Any:
