@@ -731,8 +731,9 @@ class Builder:
         for meta in (cache_dir() / "stages").glob("*/meta.json"):
             data = json.loads(meta.read_text())
             stale = data["dockerfile"] == str(self.dockerfile) and meta.parent.name not in current
-            # Another Dockerfile may share the stage: keep it if it was used within the hour.
-            if stale and time.time() - meta.parent.stat().st_mtime > 3600:
+            # Each src change leaves ~1 GB of stages behind. A stage another Dockerfile shares, or that a
+            # concurrent session is running a container of, was used within minutes: keep those.
+            if stale and time.time() - meta.parent.stat().st_mtime > 600:
                 shutil.rmtree(meta.parent, ignore_errors=True)
 
 
