@@ -850,6 +850,7 @@ class Container:
 
     def start(self) -> None:
         (cache_dir() / "containers").mkdir(exist_ok=True)
+        os.utime(self.image.root.parent)  # in use: the stage pruning of other builds leaves it alone
         self.layer = Path(tempfile.mkdtemp(prefix=f"{self.image.name}-", dir=cache_dir() / "containers"))
         for part in ("upper", "work", "merged"):
             (self.layer / part).mkdir()
