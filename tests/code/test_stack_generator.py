@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -213,3 +214,71 @@ def test_influxdb_restart_mid_replay_loses_nothing(tick_runtime_factory) -> None
     assert report.retried > 0
     rows = runtime.influx.select('SELECT count("txid") FROM "transactions"', "gen_fault")
     assert rows[0]["count"] == 900
+
+
+# ---- any detector: its fields, its label as the data holds it, its tags -------------------------------
+
+
+def test_shuttle_holdout_is_replayed_as_its_readings() -> None:
+    from tickguard.detectors import load_detector
+    from tickguard.stack.generator import ReplayFormat, load_holdout
+
+    spec = load_detector("shuttle")
+    from tests._deps import require
+    from tickguard.data.config import data_settings
+
+    require(data_settings().csv_for(spec).is_file(), "data/raw/shuttle.csv missing: run `make data`")
+    rows = load_holdout(detector=spec)
+    assert len(rows) == 9820 and list(rows.index[:2]) == [39277, 39278]  # last 20% of 49,097, file order
+    fmt = ReplayFormat.of(spec)
+    assert (fmt.measurement, fmt.label_field, fmt.id_field, fmt.extra_fields) == (
+        "readings",
+        "anomaly",
+        None,
+        (),
+    )
+    line, _ts = LineEncoder(fmt.measurement, "holdout-replay", fmt).encode(
+        rows[list(fmt.feature_fields)].to_numpy()[0], rows["anomaly"].tolist()[0], "unused"
+    )
+    assert line.startswith("readings,source=holdout-replay f1=104.0,f2=-1.0,f3=105.0,")
+    assert ",anomaly=1i " in line and "txid" not in line
+
+
+def test_string_labels_stay_strings_and_tags_and_awkward_names_are_escaped(tmp_path: Path) -> None:
+    from tests.code.test_stack_tasks import awkward_detector
+    from tickguard.stack.generator import ReplayFormat
+
+    spec = awkward_detector(tmp_path)
+    fmt = ReplayFormat.of(spec)
+    assert fmt.tags == (("site id", "north's"),) and fmt.id_field == "row id"
+    line, _ts = LineEncoder(fmt.measurement, "replay", fmt).encode(np.array([1.5, 2.0, 3.0]), "yes", "r1")
+    assert line.startswith("read\\ ings,site\\ id=north's,source=replay ")
+    assert 'sensor\\ one=1.5,it\'s.two=2.0,say\\ "3"=3.0,is\\ bad="yes",row\\ id="r1" ' in line
+
+
+@pytest.mark.tick
+def test_replay_of_a_detector_with_string_labels_into_real_influxdb(influx_server, tmp_path: Path) -> None:
+    from tests.code.test_stack_tasks import awkward_detector
+    from tickguard.influx import quote_ident
+
+    spec = awkward_detector(tmp_path)
+    influx_server.create_database(spec.source.database)
+    settings = InfluxSettings(
+        influx_server.url, "", "", spec.source.database, "autogen", spec.source.measurement
+    )
+    rng = np.random.default_rng(5)
+    rows = pd.DataFrame(rng.normal(size=(300, 3)), columns=list(spec.feature_fields))
+    rows["is bad"] = np.where(rng.random(300) < 0.1, "yes", "no")
+    writer = InfluxWriter(settings)
+    try:
+        report = replay(rows, ReplayPlan(rate=0, batch_size=100), writer, detector=spec)
+    finally:
+        writer.close()
+    assert (report.written, report.failed) == (300, 0)
+    stored = influx_server.select(
+        f"SELECT * FROM {quote_ident(spec.source.measurement)}", spec.source.database
+    )
+    assert len(stored) == 300
+    assert [r["is bad"] for r in stored] == rows["is bad"].tolist()  # strings, in replay order
+    assert [r["sensor one"] for r in stored] == pytest.approx(rows["sensor one"].tolist())
+    assert {r["site id"] for r in stored} == {"north's"}

@@ -136,3 +136,108 @@ def test_kapacitor_rejects_a_broken_script(tick_runtime_factory, echo_agent: Pat
     broken = tasks.read_scripts()["score"].replace("@tickguard()", "@tickguard().noSuchOption(1)")
     with pytest.raises(KapacitorError, match="noSuchOption"):
         runtime.kapacitor_client().define_task("broken", broken, dbrps=[], enabled=True)
+
+
+# ---- score tasks rendered from detector files -------------------------------------------------------
+
+
+def _effective_options(script: str):
+    """The agent's options for a script's @tickguard() node, as the agent would apply them (env defaults)."""
+    from tickguard.agent import udf_pb2 as pb
+    from tickguard.agent.config import agent_settings
+    from tickguard.agent.options import defaults, parse_options
+    from tickguard.ops.livetask import live_task
+
+    task = live_task("t", script)
+    options = []
+    for name, args in task.options.calls:
+        option = pb.Option(name=name)
+        option.values.add(type=pb.STRING, stringValue=str(args[0]))
+        options.append(option)
+    return task, parse_options(options, defaults(agent_settings({})))
+
+
+def test_the_rendered_fraud_task_does_what_score_tick_does() -> None:
+    """score.tick (compose's file) and the task rendered from detectors/fraud.toml read, score and write alike."""
+    from tickguard.detectors import load_detector
+
+    spec = load_detector("fraud")
+    file_task, file_options = _effective_options(tasks.read_scripts()["score"])
+    rendered_task, rendered_options = _effective_options(tasks.render_score_task(spec))
+    for attribute in (
+        "database",
+        "retention_policy",
+        "source_measurement",
+        "output_database",
+        "output_measurement",
+    ):
+        assert getattr(file_task, attribute) == getattr(rendered_task, attribute), attribute
+    assert file_options.model == rendered_options.model == "fraud"
+    assert file_options.label_field == rendered_options.label_field == "Class"
+    assert (file_options.flag_field, file_options.score_field) == (rendered_options.flag_field, "score")
+    # txid is a string field: a lean point keeps it whether or not it is named.
+    assert set(file_options.keep_fields) == set(rendered_options.keep_fields) - {"txid"}
+
+
+def test_detector_scripts_add_a_score_task_per_other_detector() -> None:
+    scripts = tasks.detector_scripts(("fraud", "shuttle"))
+    assert set(scripts) == {*tasks.TASK_IDS, "score_shuttle"}
+    shuttle = scripts["score_shuttle"]
+    for needle in ('dbrp "shuttle"."autogen"', "var source_measurement = 'readings'", ".model('shuttle')"):
+        assert needle in shuttle
+    assert ".labelField('anomaly')" in shuttle and ".flagField('flagged')" in shuttle
+    # Only shuttle: fraud's tasks (and its alerts on transactions_scored) are left out.
+    assert set(tasks.detector_scripts(("shuttle",))) == {"score_shuttle", "kapacitor_stats"}
+
+
+def test_tick_strings_escape_quotes_and_refuse_what_kapacitor_cannot_read() -> None:
+    from tickguard.errors import TickguardError
+
+    assert tasks.tick_string("it's") == "'it\\'s'"
+    assert tasks.tick_string('say "hi"', '"') == '"say \\"hi\\""'
+    assert tasks.tick_string("a\\b") == "'a\\b'"  # Kapacitor keeps a backslash that precedes no quote
+    with pytest.raises(TickguardError, match="backslash"):
+        tasks.tick_string("ends\\")
+
+
+def awkward_detector(directory: Path):
+    """A detector whose names need quoting everywhere: spaces, dots, quotes, a tag filter."""
+    from tickguard.detectors import load_detector
+
+    path = directory / "odd-one.toml"
+    path.write_text(
+        'name = "odd-one"\n'
+        'features = ["sensor one", "it\'s.two", \'say "3"\']\n'
+        '[source]\ndatabase = "odd db"\nmeasurement = "read ings"\ntags = { "site id" = "north\'s" }\n'
+        '[data]\ncsv = "odd.csv"\n[time]\ncolumn = ""\nsynthetic_step_seconds = 1\n'
+        '[label]\nfield = "is bad"\npositive = ["yes"]\n'
+        '[output]\nmeasurement = "read ings scored"\nid_field = "row id"\ndisplay_fields = ["it\'s.two"]\n'
+        '[threshold]\npolicy = "fixed"\ntarget = 0.5\n'
+    )
+    return load_detector(path)
+
+
+@pytest.mark.tick
+def test_kapacitor_starts_rendered_score_tasks(
+    tick_runtime_factory, echo_agent: Path, tmp_path: Path
+) -> None:
+    runtime = tick_runtime_factory(udfs={"tickguard": echo_agent})
+    client = runtime.kapacitor_client()
+    odd = awkward_detector(tmp_path)
+    for spec_name, script in (
+        ("shuttle", tasks.detector_scripts(("shuttle",))["score_shuttle"]),
+        ("odd-one", tasks.render_score_task(odd, renames={"sensor one": "sensor 1"})),
+    ):
+        task = client.define_task(tasks.score_task_id(spec_name), script, dbrps=[], enabled=True)
+        assert task.enabled and task.executing, f"{spec_name}: {task.error}"
+        assert task.type == "stream"
+    assert client.get_task("score_odd-one").dbrps == [("odd db", "autogen")]
+    from tickguard.ops.livetask import live_task
+
+    # The quoted names survive TICKscript: backfill's reader gets the same mapping and kept fields back.
+    read = live_task("score_odd-one", client.get_task("score_odd-one").script)
+    assert read.source_measurement == "read ings" and read.output_measurement == "read ings scored"
+    assert read.options.last("fields") == ("sensor one=sensor 1",)
+    _task, options = _effective_options(client.get_task("score_odd-one").script)
+    assert options.fields == (("sensor one", "sensor 1"),)
+    assert options.keep_fields == ("row id", "it's.two", "is bad") and options.label_field == "is bad"

@@ -19,16 +19,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = generator_settings()
     gen = subparsers.add_parser(
         "generate",
-        help="replay holdout transactions into InfluxDB with timestamps of now",
+        help="replay a detector's holdout rows into InfluxDB with timestamps of now",
         description=(
-            "Replay the holdout rows (time-ordered last 20%% of the data set) into InfluxDB "
-            "measurement 'transactions'. Credentials come from TICKGUARD_INFLUXDB_USER/_PASSWORD."
+            "Replay the holdout rows (time-ordered last 20% of the detector's data set) into the detector's "
+            "source measurement (fraud: database 'fraud', measurement 'transactions'). --database, "
+            "--retention-policy and --measurement, else TICKGUARD_INFLUXDB_DATABASE / _RP / "
+            "TICKGUARD_GENERATOR_MEASUREMENT, else the detector file decide where. Credentials come from "
+            "TICKGUARD_INFLUXDB_USER/_PASSWORD."
         ),
     )
+    gen.add_argument(
+        "--detector",
+        default="fraud",
+        help="detector name or detectors/<name>.toml path (default %(default)s)",
+    )
     gen.add_argument("--url", default=influx.url, help="InfluxDB URL (default %(default)s)")
-    gen.add_argument("--database", default=influx.database, help="database (default %(default)s)")
-    gen.add_argument("--retention-policy", default=influx.retention_policy, help="default %(default)s")
-    gen.add_argument("--measurement", default=influx.measurement, help="default %(default)s")
+    gen.add_argument("--database", help="database (default: the detector's)")
+    gen.add_argument("--retention-policy", help="retention policy (default: the detector's)")
+    gen.add_argument("--measurement", help="measurement (default: the detector's source measurement)")
     gen.add_argument(
         "--rate", type=float, default=defaults.rate, help="points/s, 0 = unpaced (default %(default)s)"
     )
@@ -43,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-retries", type=int, default=defaults.max_retries, help="per batch (default %(default)s)"
     )
     gen.add_argument("--source-tag", default=defaults.source_tag, help="value of tag 'source'")
-    gen.add_argument("--data", help="creditcard.csv path (default: data/raw/creditcard.csv)")
+    gen.add_argument("--data", help="the detector's CSV (default: its file in data/raw, e.g. creditcard.csv)")
     gen.add_argument("--json", action="store_true", help="print the final report as JSON")
     gen.set_defaults(func=run_generate, extras=("generate",))
 
@@ -60,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--local", action="store_true", required=True, help="native runtime (no Docker)")
     up.add_argument("-h", "--help", action="help", help="show this help message and exit")
     up.add_argument(
+        "--detector",
+        action="append",
+        dest="detectors",
+        metavar="NAME",
+        help="detector to run live, repeatable: one service serves their models, one Kapacitor runs a score "
+        "task each, one generator replays each (default: fraud)",
+    )
+    up.add_argument(
         "--rate", type=float, default=defaults.rate, help="generator points/s (default %(default)s)"
     )
     up.add_argument(
@@ -74,8 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Replay holdout rows as configured on the command line."""
+    import os
     from dataclasses import replace
 
+    from tickguard.detectors import load_detector
     from tickguard.influx import parse_duration_s
     from tickguard.stack.config import influx_settings
     from tickguard.stack.generator import (
@@ -88,12 +106,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.batch_size <= 0:
         raise TickguardError(f"--batch-size must be positive, got {args.batch_size}")
+    spec = load_detector(args.detector)
+    source = spec.source
+    env = os.environ
     settings = replace(
         influx_settings(),
         url=args.url,
-        database=args.database,
-        retention_policy=args.retention_policy,
-        measurement=args.measurement,
+        database=args.database or env.get("TICKGUARD_INFLUXDB_DATABASE") or source.database,
+        retention_policy=args.retention_policy or env.get("TICKGUARD_INFLUXDB_RP") or source.retention_policy,
+        measurement=args.measurement or env.get("TICKGUARD_GENERATOR_MEASUREMENT") or source.measurement,
     )
     plan = ReplayPlan(
         rate=args.rate,
@@ -106,10 +127,11 @@ def run_generate(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         source_tag=args.source_tag,
     )
-    rows = load_holdout(args.data)
+    rows = load_holdout(args.data, detector=spec)
     log.info(
-        "replaying %d holdout rows into %s %s.%s at %s points/s",
+        "replaying %d %s holdout rows into %s %s.%s at %s points/s",
         len(rows),
+        spec.name,
         settings.url,
         settings.database,
         settings.measurement,
@@ -117,7 +139,9 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     writer = InfluxWriter(settings)
     try:
-        report = replay(rows, plan, writer, measurement=settings.measurement, progress=log_progress)
+        report = replay(
+            rows, plan, writer, measurement=settings.measurement, progress=log_progress, detector=spec
+        )
     finally:
         writer.close()
     if args.json:
@@ -133,6 +157,7 @@ def run_up(args: argparse.Namespace) -> int:
     from tickguard.stack.local import run_local_stack
 
     return run_local_stack(
+        detectors=tuple(args.detectors or ("fraud",)),
         rate=args.rate,
         count=args.count,
         generator=not args.no_generator,

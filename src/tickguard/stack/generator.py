@@ -1,10 +1,13 @@
-"""Replay holdout transactions into InfluxDB as if they were happening now.
+"""Replay a detector's holdout rows into InfluxDB as if they were happening now.
 
-Each replayed row becomes one point of measurement `transactions` in database `fraud`: the model's
-input fields (Time — the data set's seconds-since-first-row, which the model uses — V1..V28, Amount),
-the ground-truth label Class and a txid naming the source row; one low-cardinality tag (`source`). Timestamps are the wall clock at send time, made strictly increasing in nanoseconds
-because many rows are sent within the same microsecond and InfluxDB would merge points that share
-series and timestamp.
+Each replayed row becomes one point of the detector's source measurement (fraud: `transactions` in
+database `fraud`): its feature fields (fraud: Time — the data set's seconds-since-first-row, which the
+model uses — V1..V28, Amount), the ground-truth label as the data holds it (Class 0/1; a string label
+stays a string, so the agent's positive values decide), the id field naming the source row (fraud's
+txid) and the display fields that are not features; one low-cardinality tag (`source`) plus the
+detector's tag filter, if it has one. Timestamps are the wall clock at send time (also for shuttle,
+whose data has none), made strictly increasing in nanoseconds because many rows are sent within the
+same microsecond and InfluxDB would merge points that share series and timestamp.
 
 Writes go through tickguard.influx (line protocol and HTTP, like every other InfluxDB access of the
 project) in batches. A batch that fails because InfluxDB is unreachable or overloaded is retried with
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tickguard.data import FEATURES, TARGET, load_dataset, time_split
+from tickguard.detectors import DetectorSpec, load_detector
 from tickguard.errors import TickguardError
 from tickguard.influx import (
     InfluxClient,
@@ -35,15 +39,17 @@ from tickguard.influx import (
     escape_key,
     escape_measurement,
     escape_string,
+    format_field,
 )
 from tickguard.stack.config import InfluxSettings
 
 log = logging.getLogger(__name__)
 
-FEATURE_FIELDS: tuple[str, ...] = FEATURES
+FEATURE_FIELDS: tuple[str, ...] = FEATURES  # the fraud detector's (the default replay format's)
 LABEL_FIELD = TARGET
 TXID_FIELD = "txid"
 SOURCE_TAG = "source"
+FRAUD = "fraud"
 PROGRESS_EVERY_S = 2.0
 MAX_BACKOFF_S = 10.0
 
@@ -89,29 +95,70 @@ class ReplayReport:
         )
 
 
-def check_rows(rows: pd.DataFrame) -> None:
+@dataclass(frozen=True)
+class ReplayFormat:
+    """What a replayed row becomes: a point of `measurement` with these fields and tags."""
+
+    measurement: str
+    feature_fields: tuple[str, ...] = FEATURE_FIELDS  # written as floats
+    label_field: str | None = LABEL_FIELD  # written as the data holds it (number, string or boolean)
+    id_field: str | None = TXID_FIELD  # a string naming the source row
+    extra_fields: tuple[str, ...] = ()  # display fields that are not features, written as they are
+    tags: tuple[tuple[str, str], ...] = ()  # the detector's tag filter (its task reads only these points)
+
+    @classmethod
+    def of(cls, spec: DetectorSpec, measurement: str | None = None) -> ReplayFormat:
+        """The format of a detector's source points (`measurement` overrides the spec's)."""
+        label = spec.label.field if spec.label is not None else None
+        extras = tuple(
+            name for name in spec.output.display_fields if name not in spec.feature_fields and name != label
+        )
+        return cls(
+            measurement=measurement or spec.source.measurement,
+            feature_fields=spec.feature_fields,
+            label_field=label,
+            id_field=spec.output.id_field,
+            extra_fields=extras,
+            tags=tuple(sorted(spec.source.tags.items())),
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns a row must have (the id is made from the row when the data has none)."""
+        return (*self.feature_fields, *([self.label_field] if self.label_field else []), *self.extra_fields)
+
+
+def check_rows(rows: pd.DataFrame, fmt: ReplayFormat | None = None) -> None:
     """Refuse rows that lack a needed column or hold a non-finite value, naming the column and row."""
-    missing = [name for name in (*FEATURE_FIELDS, LABEL_FIELD) if name not in rows.columns]
+    fmt = fmt or ReplayFormat(measurement="transactions")
+    missing = [name for name in fmt.columns if name not in rows.columns]
     if missing:
         raise TickguardError(f"holdout rows lack column(s) {', '.join(missing)}")
-    values = rows[list(FEATURE_FIELDS)].to_numpy(dtype=np.float64)
+    values = rows[list(fmt.feature_fields)].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise TickguardError(
-            f"holdout row {rows.index[row]}: field {FEATURE_FIELDS[col]} is not a finite number"
+            f"holdout row {rows.index[row]}: field {fmt.feature_fields[col]} is not a finite number"
         )
 
 
 class LineEncoder:
     """Turns rows into InfluxDB line protocol with strictly increasing nanosecond timestamps."""
 
-    def __init__(self, measurement: str, source_tag: str):
-        self.prefix = f"{escape_measurement(measurement)},{SOURCE_TAG}={escape_key(source_tag, 'tag value')} "
+    def __init__(self, measurement: str, source_tag: str, fmt: ReplayFormat | None = None):
+        fmt = fmt or ReplayFormat(measurement=measurement)
+        tags = dict([(SOURCE_TAG, source_tag), *fmt.tags])  # the detector's filter wins over `source`
+        self.prefix = escape_measurement(measurement) + "".join(
+            f",{escape_key(key, 'tag key')}={escape_key(value, 'tag value')}"
+            for key, value in sorted(tags.items())
+        )
+        self.prefix += " "
         # Field keys escaped once: every line repeats them.
-        self.keys = [escape_key(name) for name in FEATURE_FIELDS]
-        self.label_key = escape_key(LABEL_FIELD)
-        self.txid_key = escape_key(TXID_FIELD)
+        self.keys = [escape_key(name) for name in fmt.feature_fields]
+        self.label_key = escape_key(fmt.label_field) if fmt.label_field else None
+        self.txid_key = escape_key(fmt.id_field) if fmt.id_field else None
+        self.extra_keys = [escape_key(name) for name in fmt.extra_fields]
         self.last_ns = 0
 
     def next_timestamp(self) -> int:
@@ -120,12 +167,21 @@ class LineEncoder:
         self.last_ns = now if now > self.last_ns else self.last_ns + 1
         return self.last_ns
 
-    def encode(self, features: np.ndarray, label: int, txid: str) -> tuple[str, int]:
-        """One line of line protocol and its timestamp."""
+    def encode(self, features: np.ndarray, label: object, txid: str, extras: tuple = ()) -> tuple[str, int]:
+        """One line of line protocol and its timestamp (`extras`: values of the format's extra fields)."""
         fields = ",".join(f"{key}={value!r}" for key, value in zip(self.keys, features.tolist(), strict=True))
+        if self.label_key is not None:
+            text = f"{int(label)}i" if type(label) is int else format_field(label)
+            if text is not None:  # a missing label (NaN, None) leaves the field out
+                fields += f",{self.label_key}={text}"
+        for key, value in zip(self.extra_keys, extras, strict=True):
+            text = format_field(value)
+            if text is not None:
+                fields += f",{key}={text}"
+        if self.txid_key is not None:
+            fields += f',{self.txid_key}="{escape_string(txid)}"'
         ts = self.next_timestamp()
-        line = f'{self.prefix}{fields},{self.label_key}={int(label)}i,{self.txid_key}="{escape_string(txid)}" {ts}'
-        return line, ts
+        return f"{self.prefix}{fields} {ts}", ts
 
 
 def txid_for(index_value: object) -> str:
@@ -163,24 +219,33 @@ def replay(
     rows: pd.DataFrame,
     plan: ReplayPlan,
     write: Callable[[list[str]], None],
-    measurement: str = "transactions",
+    measurement: str | None = None,
     progress: Callable[[ReplayReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    detector: DetectorSpec | str | None = None,
 ) -> ReplayReport:
-    """Send rows as points through `write`, paced at `plan.rate`, and report what was written."""
+    """Send rows as points of `detector`'s source measurement (default fraud; `measurement` overrides it)
+    through `write`, paced at `plan.rate`, and report what was written."""
+    spec = detector if isinstance(detector, DetectorSpec) else load_detector(detector or FRAUD)
+    fmt = ReplayFormat.of(spec, measurement)
     if rows.empty:
         raise TickguardError("no rows to replay (the holdout set is empty)")
-    check_rows(rows)
+    check_rows(rows, fmt)
     if plan.rate < 0:
         raise TickguardError(f"rate must be >= 0 points/s, got {plan.rate}")
     if plan.count is not None and plan.count <= 0:
         raise TickguardError(f"count must be positive, got {plan.count}")
     if plan.loop and plan.count is None and plan.duration_s is None:
         raise TickguardError("--loop needs --count or --duration, otherwise it never ends")
-    features = rows[list(FEATURE_FIELDS)].to_numpy(dtype=np.float64)
-    labels = rows[LABEL_FIELD].to_numpy()
-    txids = [txid_for(i) for i in rows.index]
-    encoder = LineEncoder(measurement, plan.source_tag)
+    features = rows[list(fmt.feature_fields)].to_numpy(dtype=np.float64)
+    # Python values (tolist): numpy scalars are not ints/strs to the line-protocol encoder.
+    labels = rows[fmt.label_field].tolist() if fmt.label_field else [None] * len(rows)
+    if fmt.id_field and fmt.id_field in rows.columns:
+        txids = [str(value) for value in rows[fmt.id_field].tolist()]
+    else:
+        txids = [txid_for(i) for i in rows.index]
+    extras = list(zip(*(rows[name].tolist() for name in fmt.extra_fields), strict=True)) or [()] * len(rows)
+    encoder = LineEncoder(fmt.measurement, plan.source_tag, fmt)
     order = row_order(len(rows), plan)
     report = ReplayReport()
     started = time.monotonic()
@@ -208,7 +273,7 @@ def replay(
             if position is None:
                 exhausted = True
                 break
-            line, ts = encoder.encode(features[position], labels[position], txids[position])
+            line, ts = encoder.encode(features[position], labels[position], txids[position], extras[position])
             lines.append(line)
             batch_txids.append(txids[position])
             if report.first_time_ns is None:
@@ -261,7 +326,49 @@ def log_progress(report: ReplayReport) -> None:
     log.info("generate: %s", report.summary())
 
 
-def load_holdout(path: str | None = None) -> pd.DataFrame:
-    """The time-ordered holdout rows (last 20% of the data file), indexed by their row in the file."""
-    _, holdout = time_split(load_dataset(path))
+def load_holdout(path: str | None = None, detector: DetectorSpec | str | None = None) -> pd.DataFrame:
+    """A detector's time-ordered holdout rows (last 20% of its data; default fraud), indexed by their row.
+
+    Fraud reads the credit-card set's cached arrays. Other detectors read their CSV through
+    load_detector_frame with the label (and display fields) kept as the data holds them, not mapped to
+    0/1: the agent, like training, decides by the detector's positive values (string labels too).
+    """
+    spec = detector if isinstance(detector, DetectorSpec) else load_detector(detector or FRAUD)
+    if spec.name == FRAUD:
+        _, holdout = time_split(load_dataset(path))
+        return holdout
+    from dataclasses import replace
+
+    from tickguard.data import load_detector_frame
+
+    raw = spec
+    if spec.label is not None:
+        # As a display field the label is read as text and left as it is (load_detector_frame maps a label).
+        output = replace(spec.output, display_fields=(*spec.output.display_fields, spec.label.field))
+        raw = replace(spec, label=None, output=output)
+    frame = load_detector_frame(raw, path)
+    for name in dict.fromkeys(raw.output.display_fields):
+        if name in frame.columns and name not in spec.feature_fields:
+            frame[name] = [_typed(value, spec, name) for value in frame[name].tolist()]
+    _, holdout = time_split(frame)
     return holdout
+
+
+def _typed(text: object, spec: DetectorSpec, name: str) -> object:
+    """A label or display value read as text, typed as the data means it: the label like the detector's
+    positive values (numbers, booleans or strings), a display field as a number when it reads as one."""
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    positives = spec.label.positive if spec.label is not None and name == spec.label.field else None
+    if positives is not None and all(isinstance(v, bool) for v in positives):
+        return stripped.lower() == "true" if stripped.lower() in ("true", "false") else text
+    if positives is not None and any(isinstance(v, str) for v in positives):
+        return text
+    try:
+        number = float(stripped)
+    except ValueError:
+        return text
+    return (
+        int(number) if number.is_integer() and "." not in stripped and "e" not in stripped.lower() else number
+    )

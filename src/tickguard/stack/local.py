@@ -6,6 +6,11 @@ same TICKscripts as compose (load directory), and finally the holdout generator.
 in reverse order. Grafana and Chronograf are not part of local mode (they only run as their official
 images under Docker); point them at the printed URLs if you have them.
 
+Several detectors run at once (`--detector fraud --detector shuttle`): one service serves their
+production models, one agent scores for all, and one Kapacitor runs fraud's tasks plus a score task per
+other detector rendered from its file (tickguard.stack.tasks); the generator replays each detector's
+holdout into its own source measurement.
+
 `LocalStack` is also what the end-to-end test and notebook 06 use.
 """
 
@@ -30,6 +35,8 @@ import requests
 from tickguard.errors import TickguardError
 from tickguard.stack import tasks as stack_tasks
 from tickguard.stack.config import DATABASE, SCORED_MEASUREMENT, InfluxSettings, influx_settings
+
+FRAUD = stack_tasks.FRAUD_DETECTOR
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +136,14 @@ class LocalStack:
         kapacitor_config: dict | None = None,
         influx_env: dict[str, str] | None = None,
         kapacitor_env: dict[str, str] | None = None,
+        detectors: tuple[str, ...] | list[str] = (FRAUD,),
     ):
+        from tickguard.detectors import load_detector
+
+        # Detector specs by name (validated now: a typo fails before anything starts).
+        self.detectors = {spec.name: spec for spec in map(load_detector, dict.fromkeys(detectors))}
+        if not self.detectors:
+            raise TickguardError("the local stack needs at least one detector")
         self.workdir = Path(workdir).resolve()
         self.models_dir = Path(models_dir) if models_dir else stack_tasks.repo_root() / "models"
         self.model = model
@@ -193,14 +207,19 @@ class LocalStack:
         binaries = find_tick_binaries()
         if not binaries.servers_found:
             raise TickguardError(binaries.describe_missing())
-        from tickguard.modelstore import PRODUCTION, detector_models_dir, production_models
+        from tickguard.modelstore import PRODUCTION, detector_models_dir
 
-        model_path = detector_models_dir(self.models_dir) / self.model
-        if not (production_models(self.models_dir) if self.model == PRODUCTION else model_path.exists()):
-            raise TickguardError(
-                f"no model {model_path} (models/<detector>/{PRODUCTION}): run `make train` "
-                "(or `make train-fast`) first"
-            )
+        for name in self.detectors:
+            model_path = detector_models_dir(self.models_dir, name) / self.model
+            if not (model_path.exists() or model_path.is_symlink()):
+                train = (
+                    "make train` (or `make train-fast`)"
+                    if name == FRAUD
+                    else f"tickguard train --detector {name}`"
+                )
+                raise TickguardError(
+                    f"no model {model_path} (models/<detector>/{PRODUCTION}) for detector {name}: run `{train} first"
+                )
         self.workdir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"
         try:
@@ -211,7 +230,7 @@ class LocalStack:
                 **stack_tasks.vars_from_env(),
                 **self.task_vars,
             }
-            stack_tasks.write_load_dir(self.load_dir, overrides)
+            stack_tasks.write_load_dir(self.load_dir, overrides, tuple(self.detectors))
             self.alert_log.touch()  # `tail -f` works before the first alert
             tick_dir = self.workdir / "tick"
             shutil.rmtree(tick_dir, ignore_errors=True)  # fresh servers: no stale tasks or subscriptions
@@ -229,7 +248,10 @@ class LocalStack:
                 start_timeout=self.start_timeout,
             )
             self.runtime.start()
-            self.runtime.create_database(DATABASE)
+            for database in dict.fromkeys(
+                [DATABASE, *(spec.source.database for spec in self.detectors.values())]
+            ):
+                self.runtime.create_database(database)
             self._wait_for_tasks()
             self._start_supervisor()
             if self.with_watchdog:
@@ -252,6 +274,7 @@ class LocalStack:
                 str(self.models_dir),
                 "--model",
                 self.model,
+                *(arg for name in self.detectors for arg in ("--detector", name)),
             ],
             logs / "api.log",
             env=self.env,
@@ -328,7 +351,7 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         while True:
             loaded = {task.id: task for task in client.list_tasks()}
-            missing = [t for t in stack_tasks.TASK_IDS if t not in loaded or not loaded[t].enabled]
+            missing = [t for t in self.task_ids() if t not in loaded or not loaded[t].enabled]
             if not missing:
                 return
             if time.monotonic() > deadline:
@@ -372,23 +395,56 @@ class LocalStack:
         return running
 
     # -- looking at the data --------------------------------------------------------------------------
+    def task_ids(self) -> tuple[str, ...]:
+        """The Kapacitor tasks this stack runs (fraud's keep their ids; others are score_<name>)."""
+        return tuple(stack_tasks.detector_scripts(tuple(self.detectors)))
+
     def query(self, influxql: str, database: str = DATABASE) -> list[dict]:
         """Rows of an InfluxQL query as dicts (column -> value)."""
         return self._runtime().influx.select(influxql, database)
 
-    def scored_count(self) -> int:
-        """How many points have reached transactions_scored."""
-        rows = self.query(f'SELECT count("scored") FROM "{SCORED_MEASUREMENT}"')
+    def scored_count(self, detector: str = FRAUD) -> int:
+        """How many points have reached the detector's scored measurement (fraud: transactions_scored)."""
+        from tickguard.agent.schema import SCORED
+        from tickguard.influx import quote_ident
+
+        spec = self.detectors[detector]
+        rows = self.query(
+            f"SELECT count({quote_ident(SCORED)}) FROM {quote_ident(spec.output.measurement)}",
+            spec.source.database,
+        )
         return int(rows[0]["count"]) if rows else 0
 
-    def generator(self, rate: float, count: int | None, loop: bool, logs: Path | None = None) -> ChildProcess:
-        """Start `tickguard generate` against this stack's InfluxDB (not started yet: call .start())."""
+    def generator(
+        self, rate: float, count: int | None, loop: bool, logs: Path | None = None, detector: str = FRAUD
+    ) -> ChildProcess:
+        """Start `tickguard generate --detector NAME` against this stack's InfluxDB (not started yet: call
+        .start())."""
         # --json: the last line of its log is the final report, which run_local_stack reads back.
-        argv = ["generate", "--url", self.influx_url, "--rate", str(rate), "--shuffle", "--json"]
-        argv += ["--count", str(count)] if count else ["--duration", "87600h"]
+        argv = [
+            "generate",
+            "--detector",
+            detector,
+            "--url",
+            self.influx_url,
+            "--rate",
+            str(rate),
+            "--shuffle",
+        ]
+        argv += ["--json", *(["--count", str(count)] if count else ["--duration", "87600h"])]
         if loop:
             argv.append("--loop")
-        return ChildProcess("generator", argv, (logs or self.workdir / "logs") / "generator.log")
+        name = "generator" if detector == FRAUD else f"generator ({detector})"
+        log_name = "generator.log" if detector == FRAUD else f"generator-{detector}.log"
+        # Its own environment: a TICKGUARD_INFLUXDB_DATABASE meant for fraud must not redirect another detector.
+        env = {
+            "TICKGUARD_INFLUXDB_DATABASE": "",
+            "TICKGUARD_INFLUXDB_RP": "",
+            "TICKGUARD_GENERATOR_MEASUREMENT": "",
+        }
+        return ChildProcess(
+            name, argv, (logs or self.workdir / "logs") / log_name, env=None if detector == FRAUD else env
+        )
 
 
 def _interrupt(signum, _frame) -> None:
@@ -402,10 +458,14 @@ def _stop_on_signals() -> None:
         signal.signal(signum, _interrupt)
 
 
-def _scored_count_command(stack: LocalStack) -> str:
-    """The curl command that counts the scored points (what a user checks first)."""
+def _scored_count_command(stack: LocalStack, detector: str = FRAUD) -> str:
+    """The curl command that counts a detector's scored points (what a user checks first)."""
+    spec = stack.detectors[detector]
     return (
-        f"curl -sG '{stack.influx_url}/query' --data-urlencode 'db={DATABASE}' "
+        f"curl -sG '{stack.influx_url}/query' --data-urlencode 'db={spec.source.database}' "
+        f"--data-urlencode 'q=SELECT count(score) FROM \"{spec.output.measurement}\"'"
+        if spec.output.measurement != SCORED_MEASUREMENT
+        else f"curl -sG '{stack.influx_url}/query' --data-urlencode 'db={DATABASE}' "
         f"--data-urlencode 'q=SELECT count(score) FROM {SCORED_MEASUREMENT}'"
     )
 
@@ -420,33 +480,38 @@ def _generator_report(gen: ChildProcess) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
-def _report_generator_finished(stack: LocalStack, gen: ChildProcess) -> None:
+def _report_generator_finished(stack: LocalStack, gen: ChildProcess, detector: str = FRAUD) -> None:
     """Say that the replay is over, how many points it wrote and reached the scored measurement, and what
     to look at next."""
     report = _generator_report(gen)
     code = gen.proc.returncode if gen.proc is not None else None
+    label = "" if detector == FRAUD else f" ({detector})"
     if report is None:
-        print(f"\ngenerator exited (code {code}) without a report; its log: {gen.log_path}", flush=True)
+        print(
+            f"\ngenerator{label} exited (code {code}) without a report; its log: {gen.log_path}", flush=True
+        )
         written = None
     else:
         written = int(report["written"])
         failed = f", {report['failed']} failed (see {gen.log_path})" if report.get("failed") else ""
         print(
-            f"\ngenerator finished: {written} points written in {float(report['elapsed_s']):.1f} s{failed}.",
+            f"\ngenerator{label} finished: {written} points written in {float(report['elapsed_s']):.1f} s{failed}.",
             flush=True,
         )
     # Scored points trail the writes by the pipeline's latency (well under a second): wait a little.
     deadline = time.monotonic() + ARRIVAL_WAIT_S
-    scored = stack.scored_count()
+    scored = stack.scored_count(detector)
     while written is not None and scored < written and time.monotonic() < deadline:
         time.sleep(0.5)
-        scored = stack.scored_count()
+        scored = stack.scored_count(detector)
     of_written = f" of {written}" if written is not None else ""
+    spec = stack.detectors[detector]
+    more = "" if detector == FRAUD else f" --detector {detector}"
     print(
-        f"""{scored}{of_written} points are in {DATABASE}.{SCORED_MEASUREMENT}. Look at:
-  scored points  {_scored_count_command(stack)}
+        f"""{scored}{of_written} points are in {spec.source.database}.{spec.output.measurement}. Look at:
+  scored points  {_scored_count_command(stack, detector)}
   alerts         tail -f {stack.alert_log}   (JSON records: {stack.alert_json})
-  more points    tickguard generate --url {stack.influx_url} --count 1000
+  more points    tickguard generate{more} --url {stack.influx_url} --count 1000
 The stack keeps running: Ctrl-C (or kill -TERM {os.getpid()}) stops everything.""",
         flush=True,
     )
@@ -486,75 +551,89 @@ def run_local_stack(
     workdir: str | None = None,
     models_dir: str | None = None,
     model: str = "production",
+    detectors: tuple[str, ...] = (FRAUD,),
 ) -> int:
     """Run the local stack until Ctrl-C or SIGTERM, printing where to look and a status line now and then;
     on the way out, confirm that every process it started is gone (exit code 1 if one is not)."""
     workdir_path = Path(workdir) if workdir else stack_tasks.repo_root() / ".tick" / "local-stack"
     _stop_on_signals()
-    stack = LocalStack(workdir_path, models_dir=models_dir, model=model)
-    gen = None
+    stack = LocalStack(workdir_path, models_dir=models_dir, model=model, detectors=detectors)
+    gens: dict[str, ChildProcess] = {}
     pids: dict[str, int] = {}
     try:
         print("tickguard up --local: starting API, UDF agent, InfluxDB and Kapacitor ...", flush=True)
         stack.start()
         if generator:
-            gen = stack.generator(rate, count, loop=count is None)
-            gen.start()
+            for name in stack.detectors:
+                gens[name] = stack.generator(rate, count, loop=count is None, detector=name)
+                gens[name].start()
+        each = " each" if len(stack.detectors) > 1 else ""
         if count and generator:
-            gen_text = f"{count} points at {rate} points/s, then it stops (the stack keeps running)"
+            gen_text = f"{count} points{each} at {rate} points/s, then it stops (the stack keeps running)"
         elif generator:
-            gen_text = f"{rate} points/s until Ctrl-C"
+            gen_text = f"{rate} points/s{each} until Ctrl-C"
         else:
             gen_text = f"off (run: tickguard generate --url {stack.influx_url})"
+        databases = "\n".join(
+            f"  InfluxDB    {stack.influx_url}   database {spec.source.database}: {spec.source.measurement}, "
+            f"{spec.output.measurement}" + ("" if name == FRAUD else f" (detector {name})")
+            for name, spec in stack.detectors.items()
+        )
         print(
             f"""
 tickguard local stack is running (loopback only, InfluxDB without authentication):
-  InfluxDB    {stack.influx_url}   database {DATABASE}: transactions, {SCORED_MEASUREMENT}
-  Kapacitor   {stack.kapacitor_url}/kapacitor/v1/tasks   tasks: {", ".join(stack_tasks.TASK_IDS)}
-  REST API    {stack.api_url}/model
+{databases}
+  Kapacitor   {stack.kapacitor_url}/kapacitor/v1/tasks   tasks: {", ".join(stack.task_ids())}
+  REST API    {stack.api_url}/models
   Alerts      tail -f {stack.alert_log}   (JSON records: {stack.alert_json}; InfluxDB chronograf.autogen.alerts)
   Logs        {stack.workdir / "logs"}  and {stack.workdir / "tick"}/*/ (server logs)
   Generator   {gen_text}
-Try: {_scored_count_command(stack)}
+Try: {_scored_count_command(stack, next(iter(stack.detectors)))}
 Ctrl-C (or kill -TERM {os.getpid()}) stops everything.""",
             flush=True,
         )
-        _watch(stack, gen)
+        _watch(stack, gens)
     except KeyboardInterrupt:
         print("\ntickguard up --local: stopping ...", flush=True)
     finally:
         pids = stack.process_ids()
-        if gen is not None and gen.running() and gen.proc is not None:
-            pids = {gen.name: gen.proc.pid, **pids}
-        if gen is not None:
+        running = {gen.name: gen.proc.pid for gen in gens.values() if gen.running() and gen.proc is not None}
+        pids = {**running, **pids}
+        for gen in gens.values():
             gen.stop()
         stack.stop()
     return 0 if _confirm_stopped(pids) else 1
 
 
-def _watch(stack: LocalStack, gen: ChildProcess | None) -> None:
-    """Until interrupted: fail when the API or the agent dies, report the generator's end once, and print
-    the scored count every STATUS_EVERY_S while it changes."""
+def _watch(stack: LocalStack, gens: dict[str, ChildProcess]) -> None:
+    """Until interrupted: fail when the API or the agent dies, report each generator's end once, and print
+    the scored counts every STATUS_EVERY_S while they change."""
     next_status = time.monotonic() + STATUS_EVERY_S
-    last_count = None
-    finished_reported = False
+    last_counts = None
+    reported: set[str] = set()
     while True:
         time.sleep(WATCH_EVERY_S)
         for child in (stack.api, stack.udf):
             if child is not None and not child.running():
                 raise child.fail("stopped unexpectedly")
-        if gen is not None and not finished_reported and not gen.running():
-            finished_reported = True
-            with contextlib.suppress(Exception):
-                _report_generator_finished(stack, gen)
+        for name, gen in gens.items():
+            if name not in reported and not gen.running():
+                reported.add(name)
+                with contextlib.suppress(Exception):
+                    _report_generator_finished(stack, gen, name)
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_EVERY_S
             with contextlib.suppress(Exception):
-                count = stack.scored_count()
-                if count != last_count:
-                    state = "running" if gen and gen.running() else "finished" if gen else "off"
-                    print(f"  scored points so far: {count} (generator {state})", flush=True)
-                last_count = count
+                counts = {name: stack.scored_count(name) for name in stack.detectors}
+                if counts != last_counts:
+                    parts = []
+                    for name, count in counts.items():
+                        gen = gens.get(name)
+                        state = "running" if gen and gen.running() else "finished" if gen else "off"
+                        prefix = "" if len(counts) == 1 else f"{name}: "
+                        parts.append(f"{prefix}{count} (generator {state})")
+                    print(f"  scored points so far: {'; '.join(parts)}", flush=True)
+                last_counts = counts
 
 
 def main(argv: list[str] | None = None) -> int:
