@@ -12,7 +12,8 @@ and the exit leaf is the leftmost leaf left (Lucchese et al., "QuickScorer", SIG
 applied to a block of rows at once without branches, which the compiler turns into SIMD code.
 Larger trees (the randomized forest) are walked.
 
-Only structures this module understands are compiled: [FraudFeatures] -> [StandardScaler] ->
+Only structures this module understands are compiled: [feature encoding of tickguard.features, when its
+`kernel_layout` is one the kernel repeats] -> [StandardScaler] ->
 (resampler, training only) -> a soft-voting ensemble of (or a single) LightGBM binary classifier,
 scikit-learn tree forests and a logistic regression. Anything else raises UnsupportedModel and is
 scored by the pipeline itself; `compile_if_possible` also checks the compiled scores against the
@@ -48,7 +49,11 @@ def _numba_cache_dir() -> None:
 _numba_cache_dir()
 import numba  # noqa: E402  (after the cache directory is settled)
 
-from tickguard.training.features import SECONDS_PER_DAY  # noqa: E402  (the encoding the kernel repeats)
+from tickguard.features import (  # noqa: E402  (the encodings the kernel repeats)
+    LAYOUT_IDENTITY,
+    LAYOUT_TIME_FIRST_LOG_LAST,
+    SECONDS_PER_DAY,
+)
 
 # LightGBM sends a value to a node's default side when missing_type is "Zero" and |value| is below this.
 LIGHTGBM_ZERO_THRESHOLD = 1e-35
@@ -170,8 +175,6 @@ def compile_model(estimator: Any) -> CompiledScorer:
     from imblearn.pipeline import Pipeline as ImbPipeline
     from sklearn.pipeline import Pipeline as SkPipeline
 
-    from tickguard.training.features import FraudFeatures
-
     pipeline = getattr(estimator, "pipeline", estimator)
     if not isinstance(pipeline, SkPipeline | ImbPipeline):
         raise UnsupportedModel(f"{type(pipeline).__name__} is not a pipeline")
@@ -182,8 +185,11 @@ def compile_model(estimator: Any) -> CompiledScorer:
     for step in steps[:-1]:
         if step is None or step == "passthrough" or hasattr(step, "fit_resample"):
             continue  # resamplers only act while fitting
-        if isinstance(step, FraudFeatures) and not encode and mean is None:
+        layout = getattr(step, "kernel_layout", None)  # tickguard.features' encodings say which they are
+        if layout == LAYOUT_TIME_FIRST_LOG_LAST and not encode and mean is None:
             encode = True
+        elif layout == LAYOUT_IDENTITY and not encode and mean is None:
+            continue
         elif type(step).__name__ == "StandardScaler" and mean is None:
             mean, scale = _scaler_arrays(step)
         else:

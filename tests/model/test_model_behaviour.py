@@ -11,6 +11,7 @@ import pytest
 
 from tickguard import modelstore
 from tickguard.data import FEATURES, TARGET
+from tickguard.detectors import load_detector
 from tickguard.errors import ModelIntegrityError
 from tickguard.training.metrics import metrics_at
 
@@ -38,7 +39,9 @@ def test_production_card_honours_the_contract(production_model):
             "recall_at_precision_0.90",
         ):
             assert key in metrics, (split, key)
-    assert card["split"]["holdout_rows"] == 56_962 and card["split"]["holdout_frauds"] == 75
+    split = card["split"]
+    assert split["holdout_rows"] == 56_962
+    assert split.get("holdout_positives", split.get("holdout_frauds")) == 75  # the key before detectors
     assert card["model_size_bytes"] <= 25 * 2**20
 
 
@@ -82,6 +85,9 @@ def test_fast_training_writes_a_complete_artifact(fast_model_dir):
     artifact = modelstore.load_model(fast_model_dir)
     card = artifact.card
     assert card["profile"] == "fast" and card["features"] == list(FEATURES)
+    assert card["detector"]["name"] == "fraud" and card["detector_sha256"] == load_detector("fraud").sha256
+    assert card["model_columns"] == list(load_detector("fraud").model_columns)
+    assert card["data"]["positives"] == 492 and card["split"]["holdout_positives"] == 75
     for key in (
         "version",
         "created",

@@ -1,4 +1,4 @@
-"""`tickguard train` and `tickguard evaluate`."""
+"""`tickguard train` and `tickguard evaluate` for any labelled detector (`--detector NAME`, default fraud)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,35 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from tickguard.errors import TickguardError
 from tickguard.training import config
+
+
+def _influx_client(args):
+    from tickguard.influx import InfluxClient
+    from tickguard.stack.config import influx_settings
+
+    settings = influx_settings()
+    return InfluxClient(
+        args.influx_url or settings.url,
+        username=settings.username,
+        password=settings.password,
+        timeout_s=60.0,
+    )
 
 
 def cmd_train(args) -> int:
     """Handler of `tickguard train`."""
+    from tickguard.detectors import load_detector
     from tickguard.training.train import train
 
+    if args.from_influx and (args.data is not None):
+        raise TickguardError("train: give either --csv or --from-influx, not both")
+    if args.from_influx and not (args.start and args.end):
+        raise TickguardError("train --from-influx needs --start and --end (e.g. --start=-7d --end now)")
+    if not args.from_influx and (args.start or args.end):
+        raise TickguardError("train: --start and --end go with --from-influx")
+    spec = load_detector(args.detector)
     base = config.FAST if args.fast else config.FULL
     profile = base.with_overrides(
         n_trials=args.trials,
@@ -25,7 +47,23 @@ def cmd_train(args) -> int:
     )
     if args.timeout == 0:
         profile = replace(profile, timeout_s=None)
-    out = train(profile, out_dir=args.out, data_path=args.data, promote=args.promote or (not args.fast))
+    frame = source = None
+    if args.from_influx:
+        import tempfile
+
+        from tickguard.training.source import load_source_frame
+
+        with _influx_client(args) as client, tempfile.TemporaryDirectory(prefix="tickguard-train-") as work:
+            frame, source = load_source_frame(spec, client, args.start, args.end, Path(work), page=args.page)
+    out = train(
+        profile,
+        detector=spec,
+        out_dir=args.out,
+        data_path=args.data,
+        promote=args.promote or (not args.fast),
+        frame=frame,
+        data_source=source,
+    )
     print(out)
     return 0
 
@@ -34,15 +72,18 @@ def cmd_evaluate(args) -> int:
     """Handler of `tickguard evaluate`: re-score the time-ordered holdout with a stored model."""
     from tickguard.training.evaluate import evaluate
 
-    report = evaluate(args.model, data_path=args.data)
+    report = evaluate(args.model, detector=args.detector, data_path=args.data)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         hold = report["holdout"]
         cm = hold["confusion_matrix"]
-        print(f"model {report['version']} ({report['path']}), threshold {hold['threshold']:.4f}")
         print(
-            f"holdout ({hold['rows']} rows, {hold['frauds']} frauds): AUPRC {hold['auprc']:.4f}  "
+            f"model {report['version']} ({report['path']}) for detector {report['detector']}, "
+            f"threshold {hold['threshold']:.4f}"
+        )
+        print(
+            f"holdout ({hold['rows']} rows, {hold['positives']} anomalies): AUPRC {hold['auprc']:.4f}  "
             f"ROC-AUC {hold['roc_auc']:.4f}  recall@P>=0.90 {hold['recall_at_precision_0.90']:.3f}"
         )
         print(
@@ -65,11 +106,22 @@ def cmd_evaluate(args) -> int:
 
 def register(subparsers) -> None:
     """Add `tickguard train` and `tickguard evaluate`."""
-    train_p = subparsers.add_parser("train", help="tune and train the fraud model (writes models/<version>)")
+    train_p = subparsers.add_parser(
+        "train",
+        help="tune and train a detector's model (writes models/<detector>/<version>)",
+        description=(
+            "Tune and train the detector's model on its CSV (default: the detector's file in data/raw), "
+            "or on its source measurement read from InfluxDB (--from-influx --start T --end T; URL and "
+            "credentials from TICKGUARD_INFLUXDB_*). Rows are split in time order by the detector's time "
+            "column; the holdout (last 20%%) is only reported. A full run becomes the detector's production "
+            "model when its validation AUPRC is at least the served model's."
+        ),
+    )
+    train_p.add_argument("--detector", default="fraud", metavar="NAME", help="detector name or file (fraud)")
     train_p.add_argument(
         "--fast",
         action="store_true",
-        help="small stratified sample, few trials (CI); writes models/_scratch/",
+        help="small stratified sample, few trials (CI); writes models/<detector>/_scratch/",
     )
     train_p.add_argument("--trials", type=int, default=None, help="Optuna trials (full: 40, fast: 3)")
     train_p.add_argument(
@@ -86,18 +138,43 @@ def register(subparsers) -> None:
         "--jobs", type=int, default=None, help="parallel jobs while fitting forests (default 2)"
     )
     train_p.add_argument(
-        "--precision-target", type=float, default=None, help="precision the threshold aims at (0.90)"
+        "--precision-target",
+        type=float,
+        default=None,
+        help="precision the threshold aims at (default: the detector's [threshold] target)",
     )
-    train_p.add_argument("--out", type=Path, default=None, help="output directory (default models/<version>)")
-    train_p.add_argument("--data", type=Path, default=None, help="CSV (default data/raw/creditcard.csv)")
     train_p.add_argument(
-        "--promote", action="store_true", help="point models/production at the result (always for full runs)"
+        "--out", type=Path, default=None, help="output directory (default models/<detector>/<version>)"
+    )
+    train_p.add_argument(
+        "--csv", "--data", dest="data", type=Path, default=None, help="CSV (default: the detector's file)"
+    )
+    train_p.add_argument(
+        "--from-influx", action="store_true", help="read the detector's source measurement from InfluxDB"
+    )
+    train_p.add_argument(
+        "--start",
+        help="with --from-influx: start (RFC 3339, epoch, now-30d; a leading minus needs --start=-30d)",
+    )
+    train_p.add_argument("--end", help="with --from-influx: end, exclusive (e.g. now)")
+    train_p.add_argument(
+        "--page", default="1h", help="with --from-influx: time span read per query page (default 1h)"
+    )
+    train_p.add_argument("--influx-url", metavar="URL", help="InfluxDB URL (TICKGUARD_INFLUXDB_URL)")
+    train_p.add_argument(
+        "--promote",
+        action="store_true",
+        help="let a --fast run become production too (full runs always may; both only when at least as "
+        "good as the served model on validation)",
     )
     train_p.set_defaults(func=cmd_train, extras=("train",))
 
     eval_p = subparsers.add_parser("evaluate", help="score the time-ordered holdout with a model")
     eval_p.add_argument("model", nargs="?", default="production", help="version, path or 'production'")
-    eval_p.add_argument("--data", type=Path, default=None, help="CSV (default data/raw/creditcard.csv)")
+    eval_p.add_argument("--detector", default="fraud", metavar="NAME", help="detector name or file (fraud)")
+    eval_p.add_argument(
+        "--csv", "--data", dest="data", type=Path, default=None, help="CSV (default: the detector's file)"
+    )
     eval_p.add_argument("--json", action="store_true", help="print the report as JSON")
     eval_p.add_argument("--check-targets", action="store_true", help="exit 1 if a quality target is missed")
     eval_p.set_defaults(func=cmd_evaluate, extras=("train", "serve"))

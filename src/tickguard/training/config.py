@@ -31,7 +31,7 @@ class TrainProfile:
     timeout_s: float | None  # stop starting new trials after this long (None = trial count only)
     n_jobs: int = 2
     seed: int = 42
-    precision_target: float = 0.90
+    precision_target: float | None = None  # None: the detector's [threshold] target
 
     def with_overrides(self, **changes) -> TrainProfile:
         """A copy with the non-None overrides applied."""

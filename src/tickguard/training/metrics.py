@@ -14,15 +14,19 @@ from sklearn.metrics import (
 
 
 def threshold_for_precision(y_true: np.ndarray, scores: np.ndarray, target: float) -> float:
-    """Lowest score threshold whose precision on (y_true, scores) reaches `target` (max recall there).
+    """The threshold with the most recall at precision >= `target` on (y_true, scores).
 
+    Of the thresholds that reach that recall with the target precision, the highest is taken: a lower
+    one would only let more normal rows through (with well separated classes, the lowest threshold
+    meeting the target sits deep among the normal rows and spends the whole 1 - target on them).
     If no threshold reaches the target, the one with the best precision is returned.
     """
-    precision, _, thresholds = precision_recall_curve(y_true, scores)
-    precision = precision[:-1]  # the last point (recall 0) has no threshold
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
     meets = np.flatnonzero(precision >= target)
     if meets.size:
-        return float(thresholds[meets[0]])
+        best_recall = recall[meets].max()
+        return float(thresholds[meets[recall[meets] == best_recall].max()])
     return float(thresholds[int(np.argmax(precision))])
 
 
@@ -40,19 +44,21 @@ def precision_at_recall(y_true: np.ndarray, scores: np.ndarray, min_recall: floa
 
 
 def metrics_at(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """AUPRC, ROC-AUC, recall at precision >= 0.90 and the confusion matrix / P / R / F1 at threshold."""
+    """AUPRC, ROC-AUC, recall at precision >= 0.90 (None when y_true has one class only) and the confusion
+    matrix / P / R / F1 at threshold."""
     y_true = np.asarray(y_true).astype(int)
     predicted = (np.asarray(scores) >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_true, predicted, labels=[0, 1]).ravel()
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    both_classes = 0 < y_true.sum() < len(y_true)  # AUPRC and ROC-AUC are undefined otherwise
     return {
         "rows": int(len(y_true)),
-        "frauds": int(y_true.sum()),
-        "auprc": float(average_precision_score(y_true, scores)),
-        "roc_auc": float(roc_auc_score(y_true, scores)),
-        "recall_at_precision_0.90": recall_at_precision(y_true, scores, 0.90),
+        "positives": int(y_true.sum()),
+        "auprc": float(average_precision_score(y_true, scores)) if both_classes else None,
+        "roc_auc": float(roc_auc_score(y_true, scores)) if both_classes else None,
+        "recall_at_precision_0.90": recall_at_precision(y_true, scores, 0.90) if both_classes else None,
         "threshold": float(threshold),
         "precision": float(precision),
         "recall": float(recall),
