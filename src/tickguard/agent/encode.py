@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
+from tickguard.agent.schema import CONFUSION, ERROR, LATENCY_MS, MODEL_VERSION, SCORED, THRESHOLD
 
 # Point's map fields (see udf/udf.proto): field number << 3 | wire type 2 (length-delimited).
 FIELDS_DOUBLE_TAG = bytes(((8 << 3) | 2,))
@@ -80,29 +81,28 @@ class ScoredFieldsEncoder:
 
     def __init__(self, score_field: str, flag_field: str) -> None:
         self.score_and_latency = struct.Struct(
-            f"<{len(double_entry_prefix(score_field))}sd{len(double_entry_prefix('latency_ms'))}sd"
+            f"<{len(double_entry_prefix(score_field))}sd{len(double_entry_prefix(LATENCY_MS))}sd"
         )
         self.score_prefix = double_entry_prefix(score_field)
-        self.latency_prefix = double_entry_prefix("latency_ms")
+        self.latency_prefix = double_entry_prefix(LATENCY_MS)
         self.latency_only = struct.Struct(f"<{len(self.latency_prefix)}sd")
         self.flag = {True: bool_entry(flag_field, True), False: bool_entry(flag_field, False)}
-        self.scored = {True: bool_entry("scored", True), False: bool_entry("scored", False)}
+        self.scored = {True: bool_entry(SCORED, True), False: bool_entry(SCORED, False)}
         # Confusion-matrix cell for (label, flagged), so dashboards can sum precision/recall live.
+        cells = dict(
+            zip(((True, True), (False, True), (True, False), (False, False)), CONFUSION, strict=True)
+        )
         self.confusion = {
-            (True, True): b"".join(int_entry(n, v) for n, v in (("tp", 1), ("fp", 0), ("fn", 0), ("tn", 0))),
-            (False, True): b"".join(int_entry(n, v) for n, v in (("tp", 0), ("fp", 1), ("fn", 0), ("tn", 0))),
-            (True, False): b"".join(int_entry(n, v) for n, v in (("tp", 0), ("fp", 0), ("fn", 1), ("tn", 0))),
-            (False, False): b"".join(
-                int_entry(n, v) for n, v in (("tp", 0), ("fp", 0), ("fn", 0), ("tn", 1))
-            ),
+            key: b"".join(int_entry(name, int(name == cell)) for name in CONFUSION)
+            for key, cell in cells.items()
         }
 
     def scored_tail(self, model_version: str, threshold: float) -> bytes:
         """Fields shared by every point of one scored batch."""
         return (
             self.scored[True]
-            + string_entry("model_version", model_version)
-            + double_entry("threshold", threshold)
+            + string_entry(MODEL_VERSION, model_version)
+            + double_entry(THRESHOLD, threshold)
         )
 
     def scored_fields(
@@ -121,4 +121,4 @@ class ScoredFieldsEncoder:
     @staticmethod
     def error_field(message: str) -> bytes:
         """The `error` string field saying why a point is unscored."""
-        return string_entry("error", message)
+        return string_entry(ERROR, message)

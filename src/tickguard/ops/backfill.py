@@ -28,8 +28,8 @@ from typing import Any
 import requests
 
 from tickguard.agent import udf_pb2 as pb
-from tickguard.agent.config import OUTPUT_LEAN
 from tickguard.agent.options import LabelRule
+from tickguard.agent.schema import BACKFILLED, CONFUSION, ERROR, MODEL_VERSION, OUTPUT_LEAN, SCORED, THRESHOLD
 from tickguard.errors import TickguardError
 from tickguard.influx import (
     NUMERIC_TYPES,
@@ -53,7 +53,7 @@ from tickguard.scoring.payloads import (
 
 log = logging.getLogger(__name__)
 
-BACKFILLED_FIELD = "backfilled"
+BACKFILLED_FIELD = BACKFILLED  # the scored-point schema: tickguard.agent.schema
 _NUMERIC = frozenset(NUMERIC_TYPES)  # InfluxDB field types a lean point drops (unless kept)
 PROGRESS_EVERY_S = 5.0
 MAX_BUCKETS = 2000  # density buckets of one planning query
@@ -329,7 +329,7 @@ class Backfiller:
         """Bucket start -> points of the target that need nothing more (scored, or any when keeping unscored)."""
         if self.rescore_all:
             return {}
-        field_name = self.settings.score_field if self.rescore_unscored else "scored"
+        field_name = self.settings.score_field if self.rescore_unscored else SCORED
         series = self.influx.query(
             f"SELECT count({quote_ident(field_name)}) FROM {quote_ident(self.target)} "
             f"WHERE {time_range(start_ns, end_ns, end_inclusive=True)} "
@@ -345,13 +345,13 @@ class Backfiller:
             return index
         score_field = self.settings.score_field
         # Without an id field, the timestamp alone matches a raw point to its scored one.
-        names = ("scored", score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
+        names = (SCORED, score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
         columns = ", ".join(quote_ident(name) for name in dict.fromkeys(names))
         rows = self.influx.rows(
             f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}"
         )
         for _tags, row in rows:
-            scored = row.get("scored") is True and row.get(self.settings.score_field) is not None
+            scored = row.get(SCORED) is True and row.get(self.settings.score_field) is not None
             point_id = row.get(self.settings.id_field) if self.settings.id_field else None
             index.setdefault(int(row["time"]), []).append((point_id, scored))
         return index
@@ -472,21 +472,21 @@ class Backfiller:
                     flagged = result.flags[position] if s.threshold is None else score >= s.threshold
                     fields[s.score_field] = float(score)
                     fields[s.flag_field] = bool(flagged)
-                    fields["scored"] = True
-                    fields["model_version"] = result.model_version
-                    fields["threshold"] = float(threshold)
+                    fields[SCORED] = True
+                    fields[MODEL_VERSION] = result.model_version
+                    fields[THRESHOLD] = float(threshold)
                     label = label_of(row.get(s.label_field), rule) if s.label_field else None
                     if label is not None:
-                        cells = {"tp": label and flagged, "fp": (not label) and flagged}
-                        cells |= {"fn": label and not flagged, "tn": (not label) and not flagged}
-                        for name, hit in cells.items():
+                        hits = (label and flagged, (not label) and flagged, label and not flagged)
+                        hits += ((not label) and not flagged,)
+                        for name, hit in zip(CONFUSION, hits, strict=True):  # tp, fp, fn, tn
                             fields[name] = int(hit)
                     if replaces:
-                        fields["error"] = ""  # clear the reason the live pipeline left it unscored
+                        fields[ERROR] = ""  # clear the reason the live pipeline left it unscored
                     report.scored += 1
                 else:
-                    fields["scored"] = False
-                    fields["error"] = "backfill: " + problem
+                    fields[SCORED] = False
+                    fields[ERROR] = "backfill: " + problem
                     report.unscorable += 1
                 fields[BACKFILLED_FIELD] = True
                 lines.append(encode_line(self.target, tags, fields, int(row["time"]), out_types))
