@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tickguard.agent.schema import CONFUSION, FLAG_FIELD, LATENCY_MS, SCORE_FIELD
+from tickguard.agent.schema import SCORED as SCORED_FIELD
+from tickguard.influx import quote_ident
+
 DATASOURCE_UID = "tickguard-influxdb"
 DATASOURCE = {"type": "influxdb", "uid": DATASOURCE_UID}
 LIVE_UID = "tickguard-fraud-live"
@@ -25,6 +29,9 @@ INCOMING = '"fraud"."autogen"."transactions"'
 KAPACITOR = '"_kapacitor"."autogen"'
 ALERTS = '"chronograf"."autogen"."alerts"'
 OUR_TASKS = "/^(score|fraud_alert|anomaly_rate|scoring_errors)$/"
+# The scored point's fields (tickguard.agent.schema), quoted for InfluxQL.
+SCORE, FLAG, IS_SCORED, LATENCY = map(quote_ident, (SCORE_FIELD, FLAG_FIELD, SCORED_FIELD, LATENCY_MS))
+TP, FP, FN, TN = map(quote_ident, CONFUSION)
 
 
 def target(ref: str, query: str, alias: str = "", fmt: str = "time_series") -> dict[str, Any]:
@@ -132,7 +139,7 @@ def fraud_live() -> dict:
                 ),
                 target(
                     "B",
-                    f'SELECT count("score") / ($__interval_ms / 1000) FROM {SCORED} '
+                    f"SELECT count({SCORE}) / ($__interval_ms / 1000) FROM {SCORED} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "scored",
                 ),
@@ -149,7 +156,7 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT (sum("tp") + sum("fp")) / count("score") FROM {SCORED} '
+                    f"SELECT (sum({TP}) + sum({FP})) / count({SCORE}) FROM {SCORED} "
                     "WHERE $timeFilter GROUP BY time($__interval)",
                     "flagged share",
                 )
@@ -166,9 +173,9 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT sum("tp") / (sum("tp") + sum("fp")) AS "precision", '
-                    f'sum("tp") / (sum("tp") + sum("fn")) AS "recall", '
-                    f'2 * sum("tp") / (2 * sum("tp") + sum("fp") + sum("fn")) AS "F1" '
+                    f'SELECT sum({TP}) / (sum({TP}) + sum({FP})) AS "precision", '
+                    f'sum({TP}) / (sum({TP}) + sum({FN})) AS "recall", '
+                    f'2 * sum({TP}) / (2 * sum({TP}) + sum({FP}) + sum({FN})) AS "F1" '
                     f"FROM {SCORED} WHERE $timeFilter",
                 )
             ],
@@ -185,7 +192,7 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT sum("tp") AS "TP", sum("fp") AS "FP", sum("fn") AS "FN", sum("tn") AS "TN" '
+                    f'SELECT sum({TP}) AS "TP", sum({FP}) AS "FP", sum({FN}) AS "FN", sum({TN}) AS "TN" '
                     f"FROM {SCORED} WHERE $timeFilter",
                 )
             ],
@@ -200,7 +207,7 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT count("latency_ms") - count("score") FROM {SCORED} '
+                    f"SELECT count({LATENCY}) - count({SCORE}) FROM {SCORED} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "unscored",
                 )
@@ -216,8 +223,8 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT "txid", "Amount", "score" FROM {SCORED} '
-                    'WHERE "anomaly" = true AND $timeFilter ORDER BY time DESC LIMIT 200',
+                    f'SELECT "txid", "Amount", {SCORE} FROM {SCORED} '
+                    f"WHERE {FLAG} = true AND $timeFilter ORDER BY time DESC LIMIT 200",
                     fmt="table",
                 )
             ],
@@ -232,7 +239,7 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT "score" FROM {SCORED} WHERE $timeFilter AND "scored" = true '
+                    f"SELECT {SCORE} FROM {SCORED} WHERE $timeFilter AND {IS_SCORED} = true "
                     "ORDER BY time DESC LIMIT 20000",
                     "score",
                 )
@@ -248,7 +255,7 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT percentile("latency_ms", 50) AS "p50", percentile("latency_ms", 99) AS "p99" '
+                    f'SELECT percentile({LATENCY}, 50) AS "p50", percentile({LATENCY}, 99) AS "p99" '
                     f"FROM {SCORED} WHERE $timeFilter GROUP BY time($__interval)",
                     "$col",
                 )
@@ -362,13 +369,13 @@ def pipeline_health() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT count("score") / ($__interval_ms / 1000) FROM {SCORED} '
+                    f"SELECT count({SCORE}) / ($__interval_ms / 1000) FROM {SCORED} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "scored by the API",
                 ),
                 target(
                     "B",
-                    f'SELECT (count("latency_ms") - count("score")) / ($__interval_ms / 1000) FROM {SCORED} '
+                    f"SELECT (count({LATENCY}) - count({SCORE})) / ($__interval_ms / 1000) FROM {SCORED} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "unscored",
                 ),
@@ -386,7 +393,7 @@ def pipeline_health() -> dict:
             [
                 target(
                     "A",
-                    f'SELECT mean("latency_ms") AS "mean", percentile("latency_ms", 99) AS "p99" FROM {SCORED} '
+                    f'SELECT mean({LATENCY}) AS "mean", percentile({LATENCY}, 99) AS "p99" FROM {SCORED} '
                     "WHERE $timeFilter GROUP BY time($__interval)",
                     "$col",
                 )
