@@ -510,7 +510,7 @@ def backfill(
 def last_scored_before(settings: BackfillSettings, before_ns: int) -> int | None:
     """Timestamp of the newest point of the scored measurement at or before `before_ns` (None if none)."""
     series = influx_client(settings).query(
-        f"SELECT last({quote_ident('scored')}) FROM {quote_ident(settings.scored_measurement)} "
+        f"SELECT last({quote_ident(SCORED)}) FROM {quote_ident(settings.scored_measurement)} "
         f"WHERE time <= {int(before_ns)}"
     )
     for _tags, row in iter_rows(series):
