@@ -86,10 +86,11 @@ class TaskScriptError(TickguardError):
 def _literal(kind: str, text: str) -> Any:
     if kind == "tstring":
         return text[3:-3]
-    if kind == "string":
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
-    if kind == "ident_q":
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    if kind in ("string", "ident_q"):
+        # As Kapacitor reads it (tick/ast newString): only a backslash before the quote character is an
+        # escape; any other backslash is part of the value.
+        quote = text[0]
+        return text[1:-1].replace("\\" + quote, quote)
     if kind == "duration":
         return parse_duration_ns(text)
     if kind == "number":
