@@ -644,6 +644,14 @@ def evaluate(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return checks
 
 
+def server_versions() -> dict[str, str]:
+    """The versions of the influxd and kapacitord this run used (TICKGUARD_TICK_BIN can pick others)."""
+    from tickguard.runtime import find_tick_binaries
+
+    binaries = find_tick_binaries()
+    return {"influxd": binaries.influxd_version(), "kapacitord": binaries.kapacitord_version()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the configurations and write the results."""
     parser = argparse.ArgumentParser(
@@ -752,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": evaluate(configs),
         "model": {"version": card["version"], "features": len(card["features"]), "dir": str(models_dir)},
         "machine": machine(load_start),
+        "servers": server_versions(),
         "git_sha": git_sha(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
