@@ -242,7 +242,9 @@ def test_shared_influx_server_round_trips_line_protocol(influx_server) -> None:
     )
     rows = influx_server.select("SELECT * FROM probe", "shared_probe")
     assert rows == [{"time": 1500000000000000001, "amount": 1.5, "card": "c1", "note": "x y", "seq": 7}]
-    with pytest.raises(TickRuntimeError, match="unable to parse"):
+    # tickguard.influx turns InfluxDB's "unable to parse '<line>': <reason>" into one line naming the
+    # measurement, the reason and the line.
+    with pytest.raises(TickRuntimeError, match=r"measurement 'probe': missing field value in line 'probe amount='"):
         influx_server.write_lines(["probe amount="], "shared_probe")
 
 
