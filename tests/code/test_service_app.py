@@ -147,12 +147,21 @@ def test_malformed_json_is_400(client):
     assert response.get_json()["code"] == "malformed_json"
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 def test_wrong_content_type_is_415(client, content_type):
-    headers = {"Content-Type": content_type} if content_type else {}
-    response = client.post("/predict", data=b'{"V1": 1}', headers=headers)
+    response = client.post("/predict", data=b'{"V1": 1}', headers={"Content-Type": content_type})
     assert response.status_code == 415
     assert response.get_json()["code"] == "unsupported_media_type"
+    assert content_type in response.get_json()["error"]
+
+
+def test_no_content_type_is_read_as_json(client, holdout_records):
+    # tritonclient sends no Content-Type at all; the body is then read as JSON.
+    response = client.post("/predict", data=json.dumps(holdout_records[0]).encode())
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == client.post("/predict", json=holdout_records[0]).get_json()
+    malformed = client.post("/predict", data=b'{"V1": ')
+    assert malformed.status_code == 400 and malformed.get_json()["code"] == "malformed_json"
 
 
 def test_body_over_the_size_limit_is_413(client):

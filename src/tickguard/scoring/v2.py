@@ -1,18 +1,37 @@
-"""Open Inference Protocol (KServe/MLServer "V2") request parsing and response building."""
+"""Open Inference Protocol (KServe/MLServer/Triton "V2") payloads: the one home of their parsing and building.
+
+Transports (REST here, gRPC beside it) hand this module decoded JSON-like requests plus the raw bytes
+of binary tensors, so every transport names a bad field the same way:
+- `parse_infer(body, schema, raw_inputs)`: inputs -> feature matrix, requested outputs;
+- the binary tensor data extension of the REST protocol (what tritonclient.http sends by default):
+  `split_infer_body` cuts the JSON header from the binary part (`Inference-Header-Content-Length`),
+  `binary_inputs` hands each input its `binary_data_size` bytes, `binary_outputs` reads which outputs
+  the client wants as bytes, `encode_infer_response` appends them after the JSON header;
+- Triton's model configuration and repository index documents, which its clients fetch before
+  inferring (`model_config`, `repository_index`).
+Binary tensors are little-endian, row-major, with no padding (the extension's layout); BOOL is one
+byte per value.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 from tickguard.scoring.errors import ScoringError, problem
-from tickguard.scoring.payloads import FeatureSchema, value_problem
+from tickguard.scoring.payloads import FeatureSchema, decode_json, value_problem
 
-FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64}
+FLOAT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 OUTPUT_NAMES = ("score", "anomaly")
+OUTPUT_TYPES = {"score": ("FP64", np.dtype("<f8")), "anomaly": ("BOOL", np.dtype("?"))}
 BATCH_TENSOR_NAME = "features"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# The protocol extensions this service implements, as Triton names them in its server metadata.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository")
 
 _NUMBER_TYPES = frozenset({float, int})
 
@@ -38,8 +57,14 @@ def model_metadata(name: str, version: str, schema: FeatureSchema, threshold: fl
     }
 
 
-def parse_infer(body: Any, schema: FeatureSchema) -> tuple[np.ndarray, list[str]]:
-    """An inference request -> (matrix in feature order, requested output names)."""
+def parse_infer(
+    body: Any, schema: FeatureSchema, raw_inputs: Sequence[bytes | memoryview | None] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """An inference request -> (matrix in feature order, requested output names).
+
+    `raw_inputs[i]`, when not None, holds input i's values as bytes (the binary extension's part of the
+    body, or gRPC's `raw_input_contents`); the tensor then carries no `data`.
+    """
     if not isinstance(body, dict):
         raise ScoringError(400, "the inference request must be a JSON object with 'inputs'")
     inputs = body.get("inputs")
@@ -48,7 +73,14 @@ def parse_infer(body: Any, schema: FeatureSchema) -> tuple[np.ndarray, list[str]
             400, "'inputs' must be a non-empty array of tensors", [problem(None, "inputs", "invalid")]
         )
     outputs = _requested_outputs(body.get("outputs"))
-    tensors = [_check_tensor(index, tensor) for index, tensor in enumerate(inputs)]
+    raw_inputs = raw_inputs or [None] * len(inputs)
+    if len(raw_inputs) != len(inputs):
+        raise ScoringError(
+            400,
+            f"{len(raw_inputs)} raw input contents for {len(inputs)} inputs; send one per input",
+            [problem(None, "raw_input_contents", "count does not match inputs")],
+        )
+    tensors = [_check_tensor(index, tensor, raw_inputs[index]) for index, tensor in enumerate(inputs)]
     if len(tensors) == 1 and tensors[0]["name"] not in schema.accepted:
         return _batch_tensor(tensors[0], schema), outputs
     return _feature_tensors(tensors, schema), outputs
@@ -71,6 +103,183 @@ def infer_response(
     }
 
 
+def split_infer_body(raw: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    """A REST inference body -> (decoded JSON header, the binary tensor data after it).
+
+    Without the `Inference-Header-Content-Length` header the whole body is JSON.
+    """
+    if header_length is None:
+        return decode_json(raw), memoryview(b"")
+    text = header_length.strip()
+    if not text.isdigit():
+        raise ScoringError(
+            400,
+            f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}",
+            [problem(None, HEADER_LENGTH, "not an integer")],
+        )
+    length = int(text)
+    if length > len(raw):
+        raise ScoringError(
+            400,
+            f"{HEADER_LENGTH} is {length} bytes but the body has only {len(raw)}",
+            [problem(None, HEADER_LENGTH, "beyond the end of the body")],
+        )
+    return decode_json(raw[:length]), memoryview(raw)[length:]
+
+
+def binary_inputs(body: Any, binary: memoryview) -> list[memoryview | None] | None:
+    """Each input's slice of the binary part, in input order, by its `parameters.binary_data_size`."""
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list):
+        if len(binary):
+            raise ScoringError(400, f"{len(binary)} bytes of binary data follow a header without 'inputs'")
+        return None
+    sizes: list[int | None] = []
+    for index, tensor in enumerate(inputs):
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None and (type(size) is not int or size < 0):
+            field = f"inputs[{index}].parameters.binary_data_size"
+            raise ScoringError(
+                400,
+                f"{field} must be a non-negative integer, got {size!r}",
+                [problem(None, field, "invalid")],
+            )
+        sizes.append(size)
+    declared = sum(size for size in sizes if size is not None)
+    if declared != len(binary):
+        named = [
+            f"{tensor.get('name')!r}: {size}"
+            for tensor, size in zip(inputs, sizes, strict=True)
+            if size is not None and isinstance(tensor, dict)
+        ]
+        if not len(binary) and declared:
+            where = f"but no binary data follows the JSON (is the {HEADER_LENGTH} header missing?)"
+        else:
+            where = f"but {len(binary)} bytes follow the JSON header"
+        raise ScoringError(
+            400,
+            f"the inputs declare {declared} bytes of binary data ({', '.join(named) or 'none'}) {where}",
+            [problem(None, "binary_data_size", "declared size does not match the binary data present")],
+        )
+    if not declared and all(size is None for size in sizes):
+        return None
+    slices: list[memoryview | None] = []
+    offset = 0
+    for size in sizes:
+        if size is None:
+            slices.append(None)
+        else:
+            slices.append(binary[offset : offset + size])
+            offset += size
+    return slices
+
+
+def binary_outputs(body: Any, outputs: list[str]) -> set[str]:
+    """The requested outputs the client wants as binary data: each output's `parameters.binary_data`,
+    else the request's `parameters.binary_data_output` (default false)."""
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    default = parameters.get("binary_data_output", False) if isinstance(parameters, dict) else False
+    if type(default) is not bool:
+        raise ScoringError(
+            400,
+            f"parameters.binary_data_output must be true or false, got {default!r}",
+            [problem(None, "parameters.binary_data_output", "not a boolean")],
+        )
+    chosen = dict.fromkeys(outputs, default)
+    requested = body.get("outputs") if isinstance(body, dict) else None
+    for index, item in enumerate(requested or []):
+        options = item.get("parameters")
+        if options is None:
+            continue
+        flag = options.get("binary_data") if isinstance(options, dict) else None
+        if flag is None:
+            continue
+        if type(flag) is not bool:
+            field = f"outputs[{index}].parameters.binary_data"
+            raise ScoringError(
+                400, f"{field} must be true or false, got {flag!r}", [problem(None, field, "not a boolean")]
+            )
+        chosen[item["name"]] = flag
+    return {name for name, binary in chosen.items() if binary}
+
+
+def encode_infer_response(
+    name: str,
+    version: str,
+    request_id: str,
+    scores: np.ndarray,
+    anomalies: np.ndarray,
+    outputs: list[str],
+    binary: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[bytes, int | None]:
+    """The inference response as bytes, and the JSON header's length when binary outputs follow it."""
+    body = infer_response(name, version, request_id, scores, anomalies, outputs)
+    if not binary:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), None
+    values = {"score": scores, "anomaly": anomalies}
+    blobs = []
+    for tensor in body["outputs"]:
+        if tensor["name"] in binary:
+            blob = np.ascontiguousarray(
+                values[tensor["name"]], dtype=OUTPUT_TYPES[tensor["name"]][1]
+            ).tobytes()
+            del tensor["data"]
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+    header = orjson.dumps(body)
+    return b"".join([header, *blobs]), len(header)
+
+
+def model_config(name: str, version: str, schema: FeatureSchema, threshold: float) -> dict[str, Any]:
+    """Triton's model configuration (`GET /v2/models/{name}/config`), as its clients read it.
+
+    The first dimension is the batch (`max_batch_size` rows, TICKGUARD_MAX_ROWS), so `dims` leave it
+    out; the outputs are one value per row (`dims` [1] reshaped to [], Triton's spelling of shape [n]).
+    """
+    return {
+        "name": name,
+        "platform": "sklearn",
+        "backend": "tickguard",
+        "version_policy": {"specific": {"versions": [version]}},
+        "max_batch_size": schema.max_rows,
+        "input": [
+            {
+                "name": BATCH_TENSOR_NAME,
+                "data_type": "TYPE_FP64",
+                "format": "FORMAT_NONE",
+                "dims": [len(schema.features)],
+            }
+        ],
+        "output": [
+            {
+                "name": output,
+                "data_type": f"TYPE_{OUTPUT_TYPES[output][0]}",
+                "dims": [1],
+                "reshape": {"shape": []},
+            }
+            for output in OUTPUT_NAMES
+        ],
+        "parameters": {
+            "feature_names": {"string_value": ",".join(schema.features)},
+            "threshold": {"string_value": repr(threshold)},
+        },
+    }
+
+
+def repository_index(entries: Sequence[tuple[str, str | None, str | None]], ready_only: bool) -> list[dict]:
+    """Triton's repository index: (name, version or None, reason it is not loaded or None) per model."""
+    index = []
+    for name, version, reason in sorted(entries, key=lambda entry: entry[0]):
+        if version is not None:
+            index.append({"name": name, "version": version, "state": "READY"})
+        elif not ready_only:
+            index.append(
+                {"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason or "not loaded"}
+            )
+    return index
+
+
 def _requested_outputs(requested: Any) -> list[str]:
     """Names from the optional `outputs` list; both outputs when absent."""
     if requested is None:
@@ -88,8 +297,8 @@ def _requested_outputs(requested: Any) -> list[str]:
     return list(dict.fromkeys(names)) or list(OUTPUT_NAMES)
 
 
-def _check_tensor(index: int, tensor: Any) -> dict[str, Any]:
-    """Structural checks of one input tensor (name, shape, datatype, data)."""
+def _check_tensor(index: int, tensor: Any, raw: bytes | memoryview | None = None) -> dict[str, Any]:
+    """Structural checks of one input tensor (name, shape, datatype, data or raw bytes)."""
     where = f"inputs[{index}]"
     if not isinstance(tensor, dict):
         raise ScoringError(400, f"{where} must be an object", [problem(None, where, "not an object")])
@@ -116,11 +325,45 @@ def _check_tensor(index: int, tensor: Any) -> dict[str, Any]:
             [problem(None, name, "unsupported datatype")],
         )
     data = tensor.get("data")
+    if raw is not None:
+        if data is not None:
+            raise ScoringError(
+                400,
+                f"tensor {name!r} has both 'data' and binary data; send one",
+                [problem(None, name, "data and binary data")],
+            )
+        itemsize = FLOAT_TYPES[datatype].itemsize
+        needed = int(np.prod(shape)) * itemsize
+        if len(raw) != needed:
+            raise ScoringError(
+                400,
+                f"tensor {name!r}: shape {shape} of {datatype} needs {needed} bytes, got {len(raw)} bytes "
+                "of binary data",
+                [problem(None, name, "binary data size does not match shape and datatype")],
+            )
+        return {"name": name, "shape": shape, "datatype": datatype, "data": None, "raw": raw}
     if not isinstance(data, list):
         raise ScoringError(
             400, f"tensor {name!r}: data must be an array", [problem(None, name, "invalid data")]
         )
-    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data, "raw": None}
+
+
+def _values(tensor: dict[str, Any], expected: int, names: list[str], width: int) -> np.ndarray:
+    """A tensor's values as a flat float64 vector (row-major), each bad value named by row and field."""
+    if tensor["raw"] is None:
+        return _to_array(tensor, _flat_values(tensor, expected), names, width)
+    array = np.frombuffer(tensor["raw"], dtype=FLOAT_TYPES[tensor["datatype"]]).astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        problems = [
+            problem(
+                int(position) // width, names[int(position) % width], value_problem(float(array[position]))
+            )
+            for position in bad[:1000]
+        ]
+        raise ScoringError(400, f"tensor {tensor['name']!r} has invalid values; see 'problems'", problems)
+    return array
 
 
 def _flat_values(tensor: dict[str, Any], expected: int) -> list[Any]:
@@ -172,8 +415,7 @@ def _batch_tensor(tensor: dict[str, Any], schema: FeatureSchema) -> np.ndarray:
             [problem(None, tensor["name"], "wrong shape")],
         )
     schema.check_row_count(shape[0])
-    values = _flat_values(tensor, shape[0] * width)
-    return _to_array(tensor, values, list(schema.features), width).reshape(shape[0], width)
+    return _values(tensor, shape[0] * width, list(schema.features), width).reshape(shape[0], width)
 
 
 def _feature_tensors(tensors: list[dict[str, Any]], schema: FeatureSchema) -> np.ndarray:
@@ -209,7 +451,7 @@ def _feature_tensors(tensors: list[dict[str, Any]], schema: FeatureSchema) -> np
     for name in schema.features:
         tensor = by_name[name]
         try:
-            columns.append(_to_array(tensor, _flat_values(tensor, rows), [name], 1))
+            columns.append(_values(tensor, rows, [name], 1))
         except ScoringError as exc:
             errors.extend(exc.problems or [problem(None, name, exc.message)])
     if errors:

@@ -24,8 +24,19 @@ from tickguard import __version__
 from tickguard.scoring.errors import ScoringError
 from tickguard.scoring.payloads import MODEL_PARAM, decode_json
 from tickguard.scoring.predictor import ModelHolder, ModelRegistry, Predictor
-from tickguard.scoring.v2 import infer_response, model_metadata, parse_infer
-from tickguard.service.body import read_body
+from tickguard.scoring.v2 import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    binary_inputs,
+    binary_outputs,
+    encode_infer_response,
+    model_config,
+    model_metadata,
+    parse_infer,
+    repository_index,
+    split_infer_body,
+)
+from tickguard.service.body import compress_response, read_body
 from tickguard.service.config import ServiceConfig
 from tickguard.service.jsonlog import configure_logging
 from tickguard.service.metrics import ServiceMetrics
@@ -97,18 +108,32 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         """The model a /predict or GET /model request names (`?model=NAME`), None for the default."""
         return request.args.get(MODEL_PARAM) or None
 
+    def body_bytes(binary_allowed: bool = False) -> bytes:
+        """The (decompressed) body: 415 for content types other than JSON (or none, read as JSON; or
+        octet-stream for a binary inference request), 413 over the size limit."""
+        mimetype = request.mimetype
+        if (
+            mimetype
+            and mimetype != "application/json"
+            and not mimetype.endswith("+json")
+            and not (binary_allowed and mimetype == "application/octet-stream")
+        ):
+            accepted = "application/json" + (
+                f" (or application/octet-stream with {HEADER_LENGTH})" if binary_allowed else ""
+            )
+            raise ScoringError(
+                415, f"Content-Type must be {accepted}, got {mimetype!r}", code="unsupported_media_type"
+            )
+        return read_body(request, config.max_body_bytes)
+
     def json_body(optional: bool = False) -> Any:
-        """The decoded JSON body: 415 for other content types, 413 over the size limit, 400 if malformed."""
+        """The decoded JSON body (None when optional and empty); 400 if malformed."""
         if optional and not request.content_length and not request.headers.get("Transfer-Encoding"):
             return None
-        mimetype = request.mimetype
-        if mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise ScoringError(
-                415,
-                f"Content-Type must be application/json, got {mimetype or 'none'!r}",
-                code="unsupported_media_type",
-            )
-        return decode_json(read_body(request, config.max_body_bytes))
+        raw = body_bytes()
+        if optional and not raw:
+            return None
+        return decode_json(raw)
 
     def check_model_name(name: str, version: str | None = None) -> Predictor:
         """404 unless `name` (and `version`, if given) is a served model."""
@@ -159,6 +184,7 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
                 children[3].observe(rows)
         request_id = getattr(g, "request_id", "")
         response.headers["X-Request-ID"] = request_id
+        compress_response(request, response)
         level = (
             logging.DEBUG
             if request.endpoint in _QUIET_ENDPOINTS and response.status_code < 400
@@ -229,19 +255,30 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
     def infer(name: str, version: str | None = None) -> Response:
         """Open Inference Protocol inference."""
         predictor = check_model_name(name, version)
-        payload = json_body()
-        matrix, outputs = parse_infer(payload, predictor.schema)
+        header_length = request.headers.get(HEADER_LENGTH)
+        payload, binary = split_infer_body(
+            body_bytes(binary_allowed=header_length is not None), header_length
+        )
+        matrix, outputs = parse_infer(payload, predictor.schema, binary_inputs(payload, binary))
+        as_binary = binary_outputs(payload, outputs)
         scores, anomalies = predictor.predict(matrix)
         g.rows = int(matrix.shape[0])
         request_id = payload.get("id") if isinstance(payload.get("id"), str) else g.request_id
-        return _json(infer_response(name, predictor.version, request_id, scores, anomalies, outputs))
+        content, json_length = encode_infer_response(
+            name, predictor.version, request_id, scores, anomalies, outputs, as_binary
+        )
+        if json_length is None:
+            return Response(content, mimetype="application/json")
+        response = Response(content, mimetype="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(json_length)
+        return response
 
     # ---- V2 health and metadata ------------------------------------------------------------
 
     @app.get("/v2", endpoint="server_metadata")
     def server_metadata() -> Response:
         """V2 server metadata."""
-        return _json({"name": "tickguard", "version": __version__, "extensions": []})
+        return _json({"name": "tickguard", "version": __version__, "extensions": list(EXTENSIONS)})
 
     @app.get("/v2/health/live", endpoint="live")
     def live() -> Response:
@@ -271,6 +308,39 @@ def create_app(config: ServiceConfig | None = None) -> Flask:
         """Inputs and outputs of the served model."""
         predictor = check_model_name(name, version)
         return _json(model_metadata(name, predictor.version, predictor.schema, predictor.threshold))
+
+    @app.get("/v2/models/<name>/config", endpoint="model_config")
+    @app.get("/v2/models/<name>/versions/<version>/config", endpoint="model_config")
+    def v2_model_config(name: str, version: str | None = None) -> Response:
+        """Triton's model configuration (its clients read it before inferring)."""
+        predictor = check_model_name(name, version)
+        return _json(model_config(name, predictor.version, predictor.schema, predictor.threshold))
+
+    @app.post("/v2/repository/index", endpoint="repository_index")
+    def v2_repository_index() -> Response:
+        """Triton's repository index: every served model with its version and state."""
+        body = json_body(optional=True) or {}
+        if not isinstance(body, dict) or not isinstance(body.get("ready", False), bool):
+            raise ScoringError(400, 'the body must be empty or {"ready": true|false}')
+        entries = []
+        for holder in registry.holders:
+            predictor = holder.current
+            entries.append((holder.name, predictor.version if predictor else None, holder.last_error or None))
+        return _json(repository_index(entries, ready_only=body.get("ready", False)))
+
+    @app.post("/v2/repository/models/<name>/<action>", endpoint="repository_control")
+    def v2_repository_control(name: str, action: str) -> Response:
+        """Loading and unloading through the protocol is refused: the served models are fixed at start."""
+        if action not in ("load", "unload"):
+            raise ScoringError(
+                404, f"no repository action {action!r}; Triton's are load and unload", code="not_found"
+            )
+        raise ScoringError(
+            400,
+            f"model {action} is not supported: this service serves models/<detector>/production from its "
+            f"start; swap a version with POST /admin/reload/{name}",
+            code="not_supported",
+        )
 
     @app.get("/v2/models/<name>/ready", endpoint="model_ready")
     @app.get("/v2/models/<name>/versions/<version>/ready", endpoint="model_ready")

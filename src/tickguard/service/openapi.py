@@ -16,7 +16,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         404: "Unknown model name, version or route.",
         405: "Method not allowed on this route.",
         413: "Body larger than TICKGUARD_MAX_BODY_BYTES or batch larger than TICKGUARD_MAX_ROWS.",
-        415: "Content-Type is not application/json.",
+        415: "Content-Type is not JSON (no Content-Type is read as JSON), or Content-Encoding is not gzip or deflate.",
         422: "The requested model failed validation; the old model keeps serving.",
         503: "No model loaded, or the admin endpoint is disabled.",
     }
@@ -117,9 +117,20 @@ def build_openapi(
     model_meta = _ok({"$ref": ref + "V2ModelMetadata"})
     model_meta.update(_error_responses(404, 503))
     infer = {
-        "summary": "Open Inference Protocol inference",
-        "requestBody": _json_body({"$ref": ref + "V2InferRequest"}),
+        "summary": "Open Inference Protocol inference (JSON, or the binary tensor data extension: the JSON "
+        "header's length in Inference-Header-Content-Length, tensors' bytes after it)",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": ref + "V2InferRequest"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
         "responses": {**_ok({"$ref": ref + "V2InferResponse"}), **_error_responses(400, 404, 413, 415, 503)},
+    }
+    config = {
+        "summary": "Triton model configuration (max_batch_size, input/output dims and data types)",
+        "responses": {**_ok({"type": "object"}), **_error_responses(404, 503)},
     }
     ready = {
         "summary": "Is the model ready?",
@@ -223,6 +234,35 @@ def build_openapi(
             "/v2/models/{name}/ready": {"get": {**ready, "parameters": [v2_name]}},
             "/v2/models/{name}/versions/{version}/ready": {
                 "get": {**ready, "parameters": [v2_name, v2_version]}
+            },
+            "/v2/models/{name}/config": {"get": {**config, "parameters": [v2_name]}},
+            "/v2/models/{name}/versions/{version}/config": {
+                "get": {**config, "parameters": [v2_name, v2_version]}
+            },
+            "/v2/repository/index": {
+                "post": {
+                    "summary": "Triton repository index: every served model with version and state",
+                    "requestBody": _json_body({"type": "object"}, required=False),
+                    "responses": {
+                        **_ok({"type": "array", "items": {"type": "object"}}),
+                        **_error_responses(400),
+                    },
+                }
+            },
+            "/v2/repository/models/{name}/{action}": {
+                "post": {
+                    "summary": "Triton model load/unload: refused (400); models are served from the start",
+                    "parameters": [
+                        v2_name,
+                        {
+                            "name": "action",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": ["load", "unload"]},
+                        },
+                    ],
+                    "responses": _error_responses(400, 404),
+                }
             },
             "/v2/models/{name}/infer": {"post": {**infer, "parameters": [v2_name]}},
             "/v2/models/{name}/versions/{version}/infer": {
