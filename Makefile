@@ -32,8 +32,9 @@ data: venv ## fetch the bundled detectors' data sets (fraud, shuttle) into data/
 	$(VENV)/bin/tickguard data fetch --detector fraud
 	$(VENV)/bin/tickguard data fetch --detector shuttle
 
-proto: venv ## regenerate the UDF protocol bindings from udf/udf.proto
+proto: venv ## regenerate the protocol bindings: the UDF's (udf/udf.proto) and gRPC inference's (src/tickguard/proto)
 	$(PY) -m grpc_tools.protoc -Iudf --python_out=src/tickguard/agent --pyi_out=src/tickguard/agent udf/udf.proto
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src src/tickguard/proto/grpc_predict_v2.proto src/tickguard/proto/triton_extensions.proto
 
 lint: venv ## ruff lint and format check
 	$(VENV)/bin/ruff check .

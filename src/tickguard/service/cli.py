@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the Open Inference Protocol over gRPC on this port, same host (default: no gRPC)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     parser.add_argument(
@@ -70,6 +77,27 @@ def served_models(models_dir: Path, detectors: list[str] | None, model: str) -> 
     }
 
 
+def grpc_bind(host: str, grpc_port: int, rest_port: int) -> str:
+    """TICKGUARD_GRPC_BIND for --grpc-port: checked here, because each worker binds it with SO_REUSEPORT
+    (tickguard.service.grpc_server) and would otherwise share a port another server already holds."""
+    if not 0 < grpc_port < 65536 or grpc_port == rest_port:
+        raise TickguardError(f"--grpc-port {grpc_port} is not a TCP port other than --port")
+    if not port_is_free(host, grpc_port):
+        raise TickguardError(f"--grpc-port {grpc_port}: {host}:{grpc_port} is already in use")
+    return f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (bound without SO_REUSEPORT, so a running server counts)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def serve(args: argparse.Namespace) -> int:
     """Check the models are there, then replace this process with gunicorn."""
     models_dir = Path(args.models_dir).resolve()
@@ -79,6 +107,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise TickguardError("--workers and --threads must be at least 1")
     env = dict(os.environ, TICKGUARD_MODELS_DIR=str(models_dir), TICKGUARD_DETECTORS=",".join(cards))
+    grpc_note = ""
+    if args.grpc_port is not None:
+        env["TICKGUARD_GRPC_BIND"] = grpc_bind(args.host, args.grpc_port, args.port)
+        grpc_note = f", gRPC on {args.host}:{args.grpc_port}"
     env["TICKGUARD_MODEL_DIR"] = args.model
     if args.model != PRODUCTION:
         (name,) = cards
@@ -99,7 +131,7 @@ def serve(args: argparse.Namespace) -> int:
     served = ", ".join(f"{name} {card['version']}" for name, card in cards.items())
     print(
         f"tickguard serve: {served} on http://{args.host}:{args.port} "
-        f"({args.workers} workers x {args.threads} threads)",
+        f"({args.workers} workers x {args.threads} threads){grpc_note}",
         file=sys.stderr,
         flush=True,
     )

@@ -110,6 +110,22 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker):
+    """With TICKGUARD_GRPC_BIND set, this worker also answers gRPC from its loaded models."""
+    if os.environ.get("TICKGUARD_GRPC_BIND"):
+        from tickguard.service.grpc_server import start_in_worker  # grpc only after the fork
+
+        start_in_worker(worker)
+
+
+def worker_exit(server, worker):
+    """Stop this worker's gRPC server (if any) so in-flight calls finish before the process ends."""
+    if os.environ.get("TICKGUARD_GRPC_BIND"):
+        from tickguard.service.grpc_server import stop_in_worker
+
+        stop_in_worker()
+
+
 def on_exit(server):
     """Remove the temporary directories this config created."""
     for path in _created_dirs:
