@@ -34,6 +34,7 @@ class LocalService:
         port: int | None = None,
         env: dict[str, str] | None = None,
         log_file: str | Path | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.model = str(model)
         self.models_dir = str(models_dir)
@@ -43,6 +44,7 @@ class LocalService:
         self.port = port or free_port()
         self.env = dict(os.environ, **(env or {}))
         self.log_path = Path(log_file) if log_file else None
+        self.grpc_port = grpc_port  # also serve gRPC (`serve --grpc-port`) on this port
         self.process: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
@@ -71,6 +73,8 @@ class LocalService:
         ]
         for detector in self.detectors:
             command += ["--detector", detector]
+        if self.grpc_port is not None:
+            command += ["--grpc-port", str(self.grpc_port)]
         self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             command,
