@@ -266,3 +266,12 @@ def test_up_sh_creates_env_with_random_secrets_once(tmp_path: Path) -> None:
     assert second.returncode == 0 and "generated" not in second.stdout
     again = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if "=" in line)
     assert again == env, "a second run must keep the existing secrets"
+
+
+def test_api_publishes_grpc_on_loopback_and_checks_it(compose: dict) -> None:
+    api = compose["services"]["api"]
+    assert "127.0.0.1:${API_GRPC_PORT:-8001}:8001" in api["ports"]
+    assert api["environment"]["TICKGUARD_GRPC_BIND"].endswith(":8001")
+    assert env_example()["API_GRPC_PORT"] == "8001"
+    check = " ".join(api["healthcheck"]["test"])
+    assert "/v2/health/ready" in check and "ready('127.0.0.1:8001')" in check
