@@ -244,7 +244,9 @@ def test_shared_influx_server_round_trips_line_protocol(influx_server) -> None:
     assert rows == [{"time": 1500000000000000001, "amount": 1.5, "card": "c1", "note": "x y", "seq": 7}]
     # tickguard.influx turns InfluxDB's "unable to parse '<line>': <reason>" into one line naming the
     # measurement, the reason and the line.
-    with pytest.raises(TickRuntimeError, match=r"measurement 'probe': missing field value in line 'probe amount='"):
+    with pytest.raises(
+        TickRuntimeError, match=r"measurement 'probe': missing field value in line 'probe amount='"
+    ):
         influx_server.write_lines(["probe amount="], "shared_probe")
 
 
