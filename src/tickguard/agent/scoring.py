@@ -123,6 +123,9 @@ class ScoringClient:
         self.retries = max(0, retries)
         self.breaker = breaker
         self.session = requests.Session()
+        # requests asks for gzip/deflate by default, and the service compresses answers from 1 KiB when
+        # asked: over loopback that is pure CPU on both sides (~53 us API + 11 us agent per 100-row reply).
+        self.session.headers["Accept-Encoding"] = "identity"
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
