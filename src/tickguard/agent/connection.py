@@ -357,7 +357,8 @@ class Connection:
             self.label_rule = LabelRule.from_card(card)
         return self._resolved
 
-    def _score_now(self, batch: Batch) -> None:
+    def _prepare(self, batch: Batch) -> None:
+        """Fill the batch's request rows from its points, with this task's features, label and kept fields."""
         features, fields, features_error = self._features()
         prepare(
             batch,
@@ -368,6 +369,9 @@ class Connection:
             fields=fields,
             label_rule=self.label_rule,
         )
+
+    def _score_now(self, batch: Batch) -> None:
+        self._prepare(batch)
         result, error = None, ""
         if batch.rows:
             try:
@@ -412,17 +416,8 @@ class Connection:
 
     def _start_batch(self, frames: list[bytes], arrival: float, blocked_at_arrival: float) -> None:
         batch = Batch(frames, arrival)
-        features, fields, features_error = self._features()
         try:
-            prepare(
-                batch,
-                features,
-                self.options.label_field,
-                features_error,
-                self._lean_keep(),
-                fields=fields,
-                label_rule=self.label_rule,
-            )
+            self._prepare(batch)
         except MalformedRequest:
             raise
         except Exception as exc:  # a bug must not stop the task: these points leave unscored
