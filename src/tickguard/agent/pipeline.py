@@ -2,7 +2,7 @@
 
 `prepare` decodes a run of point requests with one parser call, extracts the feature rows (a point
 missing a feature or carrying a non-numeric value is set aside with an error naming the field) and
-builds the JSON body. `render` turns the scores (or the reason there are none) into framed point
+packs them as a binary V2 inference body (FP64, the cheapest transport for the service to parse). `render` turns the scores (or the reason there are none) into framed point
 responses, in input order, as one bytes object ready for a single socket write.
 """
 
@@ -20,7 +20,7 @@ from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, po
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
 from tickguard.agent.options import LabelRule
 from tickguard.agent.scoring import ScoreResult
-from tickguard.scoring.payloads import columns_request
+from tickguard.scoring.v2 import BinaryBatch
 
 
 class MalformedRequest(Exception):
@@ -39,7 +39,7 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)  # point index -> why it is not scored
     # point index -> re-encoded Point to emit instead of the input bytes (non-finite fields removed)
     replacements: dict[int, bytes] = field(default_factory=dict)
-    body: bytes = b""
+    body: BinaryBatch | None = None
     rows: int = 0
     # lean output: per point, the re-encoded Point without its numeric input fields (None = full output)
     lean: list[bytes] | None = None
@@ -150,7 +150,7 @@ def prepare(
     fields: tuple[str, ...] | None = None,
     label_rule: LabelRule | None = None,
 ) -> None:
-    """Decode the batch, pick out each point's feature row and label, and build the /predict body.
+    """Decode the batch, pick out each point's feature row and label, and pack the request body.
 
     `features` are the model's (the body's columns); `fields` the point field each is read from (None =
     the same names). `label_rule` decides which label values are positive (None = the legacy rule).
@@ -206,7 +206,7 @@ def prepare(
     batch.row_of = row_of
     batch.rows = len(rows)
     if rows:
-        batch.body = columns_request(columns, rows)
+        batch.body = BinaryBatch(columns, rows)
     if lean_keep is not None:
         batch.lean = lean_points(points, lean_keep, fresh)
 

@@ -3,6 +3,12 @@
 One `ScoringClient` per service URL is shared by every task node of the process, so the breaker
 reflects the service, not one task. A call never runs past the deadline it is given: that is what
 keeps points flowing (unscored, with an `error`) when the service is down or slow.
+
+Batches go to the Open Inference Protocol endpoint with binary tensors (`/v2/models/<name>/infer`):
+the service parses 8 bytes per value instead of JSON numbers, which roughly halves its CPU per point.
+The answer carries scores, flags and the model version; the threshold written with the points comes
+from the model card, so a batch is sent as JSON to `/predict` whenever the card is not at hand (not
+fetched yet, or it records no model name) or the answer comes from another model version than the card's.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from requests.adapters import HTTPAdapter
 from tickguard.scoring.payloads import (
     PayloadError,
     PredictResult,
+    card_model_name,
     card_path,
+    columns_request,
     parse_card,
     parse_predict_response,
     predict_path,
 )
+from tickguard.scoring.v2 import HEADER_LENGTH, BinaryBatch, infer_path, parse_binary_infer_response
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +122,8 @@ class CircuitBreaker:
 
 
 class ScoringClient:
-    """POST /predict and GET /model against one scoring service (`model`: a served model's name, None = default)."""
+    """Binary V2 inference (JSON /predict as the fallback) and GET /model against one scoring service
+    (`model`: a served model's name, None = default)."""
 
     def __init__(
         self, url: str, retries: int, breaker: CircuitBreaker, pool_size: int = 8, model: str | None = None
@@ -191,8 +201,11 @@ class ScoringClient:
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def score(self, body: bytes, rows: int, deadline: float, attempt_timeout_s: float) -> ScoreResult:
-        """Score one JSON batch body; retry with backoff within `deadline` (a monotonic time)."""
+    def score(
+        self, body: BinaryBatch | bytes, rows: int, deadline: float, attempt_timeout_s: float
+    ) -> ScoreResult:
+        """Score one batch (packed rows, or a JSON /predict body); retry with backoff within `deadline`
+        (a monotonic time)."""
         if not self.breaker.allow():
             raise ScoringUnavailable(
                 f"scoring circuit open after repeated failures: {self.breaker.last_error}"
@@ -231,14 +244,49 @@ class ScoringClient:
         self.breaker.record_failure(error)
         raise ScoringUnavailable(error)
 
-    def _post(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
+    def _post(self, body: BinaryBatch | bytes, rows: int, timeout_s: float) -> ScoreResult:
+        if isinstance(body, BinaryBatch):
+            started = time.monotonic()
+            result = self._infer(body, rows, timeout_s)
+            if result is not None:
+                return result
+            timeout_s = max(MIN_ATTEMPT_S, timeout_s - (time.monotonic() - started))
+            body = columns_request(body.columns, body.feature_rows())
+        response = self._send(predict_path(self.model), body, {"Content-Type": "application/json"}, timeout_s)
         try:
-            response = self.session.post(
-                self.url + predict_path(self.model),
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=timeout_s,
+            return parse_predict_response(response.content, rows)
+        except PayloadError as exc:
+            raise ScoringUnavailable(str(exc)) from None
+
+    def _infer(self, batch: BinaryBatch, rows: int, timeout_s: float) -> ScoreResult | None:
+        """Score packed rows over binary V2; None when this batch has to go as JSON (see the module doc)."""
+        card = self._card
+        name = self.model or (card_model_name(card) if card is not None else None)
+        if card is None or name is None:
+            return None
+        response = self._send(
+            infer_path(name),
+            batch.body,
+            {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(batch.header_length)},
+            timeout_s,
+        )
+        try:
+            scores, flags, version = parse_binary_infer_response(
+                response.content, response.headers.get(HEADER_LENGTH), rows
             )
+        except PayloadError as exc:
+            raise ScoringUnavailable(str(exc)) from None
+        if version != str(card.get("version")):
+            # The service swapped the model after the card was read: this card's threshold is not the
+            # one that set the flags. The JSON answer states it; the emitter then drops the stale card.
+            return None
+        return PredictResult(scores, flags, float(card["threshold"]), version)
+
+    def _send(self, path: str, body: bytes, headers: dict[str, str], timeout_s: float) -> requests.Response:
+        """POST `body`; the 200 response, else _Permanent (a 4xx: the request was refused) or
+        ScoringUnavailable."""
+        try:
+            response = self.session.post(self.url + path, data=body, headers=headers, timeout=timeout_s)
         except requests.Timeout:
             raise ScoringUnavailable(f"scoring service did not answer within {timeout_s:.3g}s") from None
         except requests.RequestException as exc:
@@ -249,12 +297,9 @@ class ScoringClient:
             if 400 <= status < 500 and status not in (408, 429):
                 raise _Permanent(f"scoring service rejected the batch (HTTP {status}): {detail}")
             raise ScoringUnavailable(f"scoring service returned HTTP {status}: {detail}")
-        try:
-            return parse_predict_response(response.content, rows)
-        except PayloadError as exc:
-            raise ScoringUnavailable(str(exc)) from None
+        return response
 
-    def score_once(self, body: bytes, rows: int, timeout_s: float) -> ScoreResult:
+    def score_once(self, body: BinaryBatch | bytes, rows: int, timeout_s: float) -> ScoreResult:
         """One synchronous attempt without retries or breaker: the naive per-point mode."""
         try:
             return self._post(body, rows, timeout_s)
@@ -272,10 +317,21 @@ def _short(exc: BaseException) -> str:
 
 
 def _error_detail(content: bytes) -> str:
+    """The service's error message, with the first offending values it names (row index, field)."""
     try:
         body = orjson.loads(content)
         if isinstance(body, dict) and "error" in body:
-            return str(body["error"])[:300]
+            detail = str(body["error"])[:300]
+            problems = body.get("problems")
+            if isinstance(problems, list) and problems:
+                named = [
+                    f"row {item.get('row')}, field {item.get('field')}: {item.get('problem')}"
+                    for item in problems[:3]
+                    if isinstance(item, dict)
+                ]
+                more = len(problems) - len(named)
+                detail += " (" + "; ".join(named) + (f"; {more} more" if more > 0 else "") + ")"
+            return detail
     except orjson.JSONDecodeError:
         pass
     return content[:200].decode("utf-8", "replace")

@@ -4,7 +4,7 @@ One module for the request and the response, so the agent, the backfill, the not
 service cannot drift apart:
 - clients build bodies with `columns_request` / `instances_request`, address a model with
   `predict_path` / `card_path` (`?model=NAME`; no name = the server's default model) and read answers
-  with `parse_predict_response` / `card_features`;
+  with `parse_predict_response` / `parse_card` / `card_model_name`;
 - the service turns decoded bodies into a float feature matrix with `FeatureSchema` (or says exactly
   what is wrong) and answers with `predict_response_body`.
 
@@ -371,6 +371,15 @@ def parse_predict_response(content: bytes, rows: int | None = None) -> PredictRe
     if rows is not None and len(result.scores) != rows:
         raise PayloadError(f"the scoring service returned {len(result.scores)} scores for {rows} rows")
     return result
+
+
+def card_model_name(card: dict[str, Any]) -> str | None:
+    """The served model name a card records (its detector's `model.name`; the service routes
+    /v2/models/<name> by it), or None when the card does not say."""
+    detector = card.get("detector")
+    model = detector.get("model") if isinstance(detector, dict) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def parse_card(content: bytes) -> dict[str, Any]:

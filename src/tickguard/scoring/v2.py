@@ -8,26 +8,39 @@ of binary tensors, so every transport names a bad field the same way:
   `binary_inputs` hands each input its `binary_data_size` bytes, `binary_outputs` reads which outputs
   the client wants as bytes, `encode_infer_response` appends them after the JSON header;
 - Triton's model configuration and repository index documents, which its clients fetch before
-  inferring (`model_config`, `repository_index`).
+  inferring (`model_config`, `repository_index`);
+- the client's side of binary inference (the UDF agent's batches): `binary_infer_request` packs rows
+  as one FP64 tensor asking for binary outputs, `parse_binary_infer_response` reads them back.
 Binary tensors are little-endian, row-major, with no padding (the extension's layout); BOOL is one
 byte per value.
+
+The client side runs where numpy is not installed (the UDF agent's image): numpy is imported by the
+server-side functions only, the module itself needs orjson and the standard library.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from array import array
 from collections.abc import Sequence
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-import numpy as np
 import orjson
 
 from tickguard.scoring.errors import ScoringError, problem
-from tickguard.scoring.payloads import FeatureSchema, decode_json, value_problem
+from tickguard.scoring.payloads import FeatureSchema, PayloadError, decode_json, value_problem
 
-FLOAT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy dtype strings (numpy accepts them wherever it takes a dtype) and their sizes in bytes.
+FLOAT_TYPES = {"FP32": "<f4", "FP64": "<f8"}
+FLOAT_SIZES = {"FP32": 4, "FP64": 8}
 OUTPUT_NAMES = ("score", "anomaly")
-OUTPUT_TYPES = {"score": ("FP64", np.dtype("<f8")), "anomaly": ("BOOL", np.dtype("?"))}
+OUTPUT_TYPES = {"score": ("FP64", "<f8"), "anomaly": ("BOOL", "?")}
 BATCH_TENSOR_NAME = "features"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol extensions this service implements, as Triton names them in its server metadata.
@@ -214,6 +227,8 @@ def encode_infer_response(
     binary: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[bytes, int | None]:
     """The inference response as bytes, and the JSON header's length when binary outputs follow it."""
+    import numpy as np
+
     body = infer_response(name, version, request_id, scores, anomalies, outputs)
     if not binary:
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), None
@@ -332,8 +347,7 @@ def _check_tensor(index: int, tensor: Any, raw: bytes | memoryview | None = None
                 f"tensor {name!r} has both 'data' and binary data; send one",
                 [problem(None, name, "data and binary data")],
             )
-        itemsize = FLOAT_TYPES[datatype].itemsize
-        needed = int(np.prod(shape)) * itemsize
+        needed = math.prod(shape) * FLOAT_SIZES[datatype]
         if len(raw) != needed:
             raise ScoringError(
                 400,
@@ -351,6 +365,8 @@ def _check_tensor(index: int, tensor: Any, raw: bytes | memoryview | None = None
 
 def _values(tensor: dict[str, Any], expected: int, names: list[str], width: int) -> np.ndarray:
     """A tensor's values as a flat float64 vector (row-major), each bad value named by row and field."""
+    import numpy as np
+
     if tensor["raw"] is None:
         return _to_array(tensor, _flat_values(tensor, expected), names, width)
     array = np.frombuffer(tensor["raw"], dtype=FLOAT_TYPES[tensor["datatype"]]).astype(np.float64)
@@ -384,6 +400,8 @@ def _flat_values(tensor: dict[str, Any], expected: int) -> list[Any]:
 
 def _to_array(tensor: dict[str, Any], values: list[Any], names: list[str], width: int) -> np.ndarray:
     """Flat JSON values -> float64 vector, naming row and field of each bad value."""
+    import numpy as np
+
     array = None
     if set(map(type, values)) <= _NUMBER_TYPES:
         try:
@@ -420,6 +438,8 @@ def _batch_tensor(tensor: dict[str, Any], schema: FeatureSchema) -> np.ndarray:
 
 def _feature_tensors(tensors: list[dict[str, Any]], schema: FeatureSchema) -> np.ndarray:
     """One tensor per feature, each [n] or [n, 1], all with the same n."""
+    import numpy as np
+
     by_name: dict[str, dict[str, Any]] = {}
     problems = []
     for tensor in tensors:
@@ -457,3 +477,88 @@ def _feature_tensors(tensors: list[dict[str, Any]], schema: FeatureSchema) -> np
     if errors:
         raise ScoringError(400, "invalid values in the input tensors; see 'problems'", errors)
     return np.column_stack(columns) if columns else np.empty((rows, 0))
+
+
+# ---- the client's side: binary inference without numpy ----------------------------------------------
+
+
+def infer_path(name: str) -> str:
+    """Path of the REST inference endpoint of model `name`."""
+    return f"/v2/models/{quote(name, safe='')}/infer"
+
+
+class BinaryBatch:
+    """Feature rows packed as the binary body of one inference request: one [rows, columns] FP64
+    tensor, score and anomaly asked for as binary outputs. `feature_rows` unpacks them again, for a
+    client that has to send the same rows another way."""
+
+    __slots__ = ("body", "columns", "header_length", "rows")
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+        values = array("d", chain.from_iterable(rows))
+        if sys.byteorder != "little":
+            values.byteswap()
+        blob = values.tobytes()
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": BATCH_TENSOR_NAME,
+                        "datatype": "FP64",
+                        "shape": [len(rows), len(columns)],
+                        "parameters": {"binary_data_size": len(blob)},
+                    }
+                ],
+                "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in OUTPUT_NAMES],
+            }
+        )
+        self.columns = tuple(columns)
+        self.rows = len(rows)
+        self.header_length = len(header)
+        self.body = header + blob
+
+    def feature_rows(self) -> list[list[float]]:
+        """The packed rows, as lists of floats."""
+        values = array("d")
+        values.frombytes(self.body[self.header_length :])
+        if sys.byteorder != "little":
+            values.byteswap()
+        flat = values.tolist()
+        width = len(self.columns)
+        return [flat[start : start + width] for start in range(0, len(flat), width)]
+
+
+def parse_binary_infer_response(
+    content: bytes, header_length: str | None, rows: int
+) -> tuple[list[float], list[bool], str]:
+    """Read an inference answer with binary score and anomaly outputs -> (scores, flags, model version).
+
+    PayloadError when it is not one, or not `rows` values long.
+    """
+    try:
+        length = int(header_length)  # type: ignore[arg-type]
+        header = orjson.loads(content[:length])
+        version = str(header["model_version"])
+        offset = length
+        blobs: dict[str, bytes] = {}
+        for tensor in header["outputs"]:
+            size = int(tensor["parameters"]["binary_data_size"])
+            blobs[tensor["name"]] = content[offset : offset + size]
+            offset += size
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        raise PayloadError("the scoring service returned an unexpected binary inference answer") from None
+    if offset != len(content):
+        raise PayloadError(
+            f"binary inference answer: outputs declare {offset} bytes, body has {len(content)}"
+        )
+    score_blob, flag_blob = blobs.get("score"), blobs.get("anomaly")
+    if score_blob is None or flag_blob is None or len(score_blob) != 8 * rows or len(flag_blob) != rows:
+        raise PayloadError(
+            f"the scoring service did not return {rows} binary score and anomaly values "
+            f"(got outputs {sorted(blobs)})"
+        )
+    scores = array("d")
+    scores.frombytes(score_blob)
+    if sys.byteorder != "little":
+        scores.byteswap()
+    return scores.tolist(), list(map(bool, flag_blob)), version
