@@ -25,7 +25,6 @@ import numpy as np
 
 from tickguard.errors import TickguardError
 from tickguard.modelstore import (
-    CARD_DETECTOR,
     CARD_DETECTOR_SHA256,
     PRODUCTION,
     ModelArtifact,
@@ -38,7 +37,7 @@ from tickguard.modelstore import (
     resolve_model_dir,
 )
 from tickguard.scoring.errors import ScoringError
-from tickguard.scoring.payloads import FeatureSchema, predict_response_body
+from tickguard.scoring.payloads import FeatureSchema, card_model_name, predict_response_body
 
 if TYPE_CHECKING:
     from tickguard.detectors import DetectorSpec
@@ -230,10 +229,7 @@ class ModelHolder:
     def name(self) -> str:
         """The served model name: the detector's `model.name` as the card records it, else the detector."""
         predictor = self.current
-        recorded = predictor.artifact.card.get(CARD_DETECTOR) if predictor else None
-        if isinstance(recorded, dict) and isinstance(recorded.get("model"), dict):
-            return str(recorded["model"].get("name") or self.detector)
-        return self.detector
+        return (card_model_name(predictor.artifact.card) if predictor else None) or self.detector
 
     def _load(self, model_dir: Path | str) -> Predictor:
         """Load one model directory, checked against this detector's file (or, without one, the spec
