@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._wait import poll
 from tickguard.stack import tasks
 
 pytestmark = pytest.mark.tick
@@ -21,16 +22,6 @@ GROUP_IDLE = "1s"  # fraud_alert's group_idle, short so the test sees the groups
 LINE = re.compile(
     r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z) (?P<level>[A-Z]+) (?P<id>\S+)  (?P<message>.+)$"
 )
-
-
-def poll(check, timeout: float, interval: float = 0.25):
-    """Call check() until it returns something truthy or the timeout passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def scored_point(txid: str, amount: float, score: float, anomaly: bool, time_ns: int) -> str:
@@ -75,7 +66,7 @@ def test_each_flagged_transaction_is_its_own_alert_with_one_line_and_one_json_re
             return []
         return rows if len(rows) >= 2 else []
 
-    rows = poll(history, 30)
+    rows = poll(history, 30, 0.25)
     assert {r["alertID"] for r in rows} == {"fraud_alert:tx101", "fraud_alert:tx202"}, rows
     assert len(rows) == 2
     for row in rows:
@@ -86,7 +77,7 @@ def test_each_flagged_transaction_is_its_own_alert_with_one_line_and_one_json_re
     tag_keys = {t["tagKey"] for t in runtime.influx.select('SHOW TAG KEYS FROM "alerts"', "chronograf")}
     assert "alert_txid" not in tag_keys, "the grouping helper tag must not reach the alert history"
 
-    lines = poll(lambda: _lines(outputs["log"], 2), 15)
+    lines = poll(lambda: _lines(outputs["log"], 2), 15, 0.25)
     parsed = sorted((LINE.match(line) for line in lines), key=lambda m: m and m["id"])
     assert all(parsed), f"not '<time> <level> <id>  <message>' lines:\n{lines}"
     assert [(m["level"], m["id"], m["message"]) for m in parsed] == [
@@ -94,7 +85,7 @@ def test_each_flagged_transaction_is_its_own_alert_with_one_line_and_one_json_re
         ("CRITICAL", "fraud_alert:tx202", "Suspected fraud: txid tx202, amount 480, score 0.951"),
     ]
 
-    records = [json.loads(line) for line in poll(lambda: _lines(outputs["json"], 2), 15)]
+    records = [json.loads(line) for line in poll(lambda: _lines(outputs["json"], 2), 15, 0.25)]
     assert sorted(r["id"] for r in records) == ["fraud_alert:tx101", "fraud_alert:tx202"]
     assert all(r["level"] == "CRITICAL" and r["duration"] == 0 for r in records)
     assert {m["time"] for m in parsed} == {r["time"] for r in records}, "the line and the record disagree"
@@ -107,7 +98,7 @@ def test_flagged_transaction_groups_are_deleted_when_idle(fraud_alert) -> None:
     runtime.influx.write_lines(
         [scored_point(f"tx{i}", 1.0, 0.99, True, now + i * 1_000_000) for i in range(1, 21)], "fraud"
     )
-    assert poll(lambda: _lines(outputs["log"], 20), 30), "20 flagged points did not give 20 alert lines"
+    assert poll(lambda: _lines(outputs["log"], 20), 30, 0.25), "20 flagged points did not give 20 alert lines"
     client = runtime.kapacitor_client()
 
     def alert_cardinality() -> int:

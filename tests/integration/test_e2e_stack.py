@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests._deps import require
+from tests._wait import poll
 from tickguard.stack import dashboards
 from tickguard.stack.generator import InfluxWriter, ReplayPlan, load_holdout, replay, txid_for
 from tickguard.stack.local import LocalStack
@@ -27,16 +28,6 @@ NORMAL_ROWS = 1500  # the first holdout rows, in file order
 FRAUD_ROWS = 60  # plus frauds from later in the holdout, so some points are surely flagged
 ARRIVAL_TIMEOUT_S = 120
 STATS_WAIT_S = 90
-
-
-def poll(check, timeout: float, interval: float = 0.5):
-    """Call check() until it returns something truthy or the timeout passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

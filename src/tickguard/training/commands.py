@@ -12,16 +12,15 @@ from tickguard.training import config
 
 
 def _influx_client(args):
+    from dataclasses import replace
+
     from tickguard.influx import InfluxClient
     from tickguard.stack.config import influx_settings
 
     settings = influx_settings()
-    return InfluxClient(
-        args.influx_url or settings.url,
-        username=settings.username,
-        password=settings.password,
-        timeout_s=60.0,
-    )
+    if args.influx_url:
+        settings = replace(settings, url=args.influx_url)
+    return InfluxClient.from_settings(settings, timeout_s=60.0)
 
 
 def cmd_train(args) -> int:
