@@ -29,6 +29,12 @@ def cmd_list(args) -> int:
         return 0
     for spec in specs:
         label = f"{spec.label.field} in {list(spec.label.positive)}" if spec.label else "no label"
+        if spec.anomaly is not None:
+            label += (
+                f" (unsupervised: {spec.anomaly.model}, {spec.threshold.policy} {spec.threshold.target:g})"
+            )
+        if spec.windows is not None:
+            label += f"; window features by {list(spec.windows.group_by)}"
         source = f"{spec.source.database}.{spec.source.retention_policy}.{spec.source.measurement}"
         print(
             f"{spec.name:<16} {source} -> {spec.output.measurement}; {len(spec.features)} features; "
@@ -46,6 +52,17 @@ def cmd_show(args) -> int:
         "model_columns": list(spec.model_columns),
         "spec": spec.to_dict(),
     }
+    if spec.windows is not None:
+        # How the agent and training read [windows] (format: the tickguard.detectors.spec docstring).
+        shown["windows"] = {
+            "series_key": list(spec.windows.group_by) or "one series (no group_by tags)",
+            "points_kept_per_series": spec.windows.capacity,
+            "history_to_rebuild": f"the newest {spec.windows.capacity} points of each series",
+            "unscored_statuses": ["warming up", "out of order"],
+            "expected_range": None
+            if spec.windows.expected_range is None
+            else "expected_low/high = centre -/+ k * spread of rolling[window] of the first feature field",
+        }
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
 
@@ -134,7 +151,13 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="detectors_command", metavar="ACTION", required=True)
     list_p = sub.add_parser("list", help=f"every detector found (${DIRS_ENV} first, then detectors/)")
     list_p.set_defaults(func=cmd_list, command="detectors list")
-    show_p = sub.add_parser("show", help="a detector's canonical form, sha256 and model columns (JSON)")
+    show_p = sub.add_parser(
+        "show",
+        help="a detector's canonical form, sha256 and model columns (JSON); for [windows] also the series"
+        " key and the points kept per series",
+        description="The file format, including the [windows] and [anomaly] tables of unlabelled detectors,"
+        " is described in tickguard.detectors.spec (python -m pydoc tickguard.detectors.spec).",
+    )
     show_p.add_argument("name", metavar="NAME", help="detector name or path to its .toml")
     show_p.set_defaults(func=cmd_show, command="detectors show")
     validate_p = sub.add_parser("validate", help="check detector files; errors name the line and the key")

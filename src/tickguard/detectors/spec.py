@@ -7,6 +7,33 @@ the file, the line and the dotted key. The validated spec has a canonical form (
 every default filled in) and its sha256, which a model card records to prove which spec it was trained for.
 
 Standard library only: the light commands (`tickguard detectors ...`, `data fetch`) run without extras.
+
+Unlabelled detectors (no `[label]`) may add two tables; both appear in the canonical form only when present,
+so the hash of a detector without them is unchanged:
+
+    [windows]                     # per-series window features (computed by tickguard.windows)
+    group_by = ["station"]        # tag keys whose values name a series (default: none = one series)
+    lags = [1, 24]                # value k points back: columns lag1(f), lag24(f)
+    differences = [1]             # value minus the value k points back: diff1(f)
+    seasonal = 24                 # seasonal difference, k points back (integer) or a duration ("1d"):
+                                  #   sdiff24(f) / sdiff1d(f)
+    calendar = ["hour_of_day", "day_of_week"]   # UTC, as sine/cosine: hour_sin, hour_cos, dow_sin, dow_cos
+    capacity = 200                # most points kept per series; required when a duration is used,
+                                  #   default = the largest point count the windows need + max(8, 1/4)
+                                  #   (room for late points)
+    expected_range = { window = 0, k = 3.0 }    # expected_low/high = centre -/+ k * spread of rolling[0]
+    [[windows.rolling]]           # statistics over the previous N points or the previous duration
+    points = 24                   #   ... or duration = "6h" (then min_points: fewer points = warming up)
+    stats = ["mean", "std", "min", "max", "median", "mad"]   # columns mean24(f), std24(f), ...
+
+    [anomaly]                     # how an unlabelled detector trains and where it puts its threshold
+    model = "auto"                # auto | isolation_forest | robust_zscore
+    contamination = 0.01          # expected share of anomalies in the training points, or instead
+    # alert_rate = 0.005          # the share of points that should alert
+
+Every window column is computed per field of `features` (column names carry the field: `mean24(flow)`),
+from the points before the one scored. With `[anomaly]` the `[threshold]` table is left out: the threshold
+rule is the contamination or the alert rate (shown as `threshold.policy` in the canonical form).
 """
 
 from __future__ import annotations
@@ -25,6 +52,7 @@ from typing import Any
 
 from tickguard.detectors.locate import dotted, key_lines, line_of
 from tickguard.errors import TickguardError
+from tickguard.influx import format_duration, parse_duration_ns
 
 DEFAULT_DETECTOR = "fraud"
 DIRS_ENV = "TICKGUARD_DETECTORS_DIR"
@@ -33,6 +61,13 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 TRANSFORMS = ("none", "log1p", "hour_of_day")
 TIME_UNITS = ("s", "ms", "us", "ns", "rfc3339")
 THRESHOLD_POLICIES = ("precision", "fixed")
+# Derived from [anomaly] (never written in [threshold]): the share of points above the threshold.
+ANOMALY_THRESHOLD_POLICIES = ("contamination", "alert_rate")
+# Default room beyond what the windows need, so a late point still finds its older points kept.
+LATE_SLACK_POINTS = 8
+WINDOW_STATS = ("mean", "std", "min", "max", "median", "mad")
+CALENDAR_FEATURES = ("hour_of_day", "day_of_week")
+ANOMALY_MODELS = ("auto", "isolation_forest", "robust_zscore")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -135,6 +170,89 @@ class ThresholdPolicy:
 
 
 @dataclass(frozen=True)
+class Span:
+    """A window length: a number of points or a duration (then `duration_ns`, `text` as written)."""
+
+    points: int | None = None
+    duration_ns: int | None = None
+
+    @property
+    def label(self) -> str:
+        """How column names spell it: '24' (points) or '6h' (a duration)."""
+        return str(self.points) if self.points is not None else format_duration(self.duration_ns or 0)
+
+    def to_value(self) -> int | str:
+        """The canonical TOML value: the point count, or the shortest duration text."""
+        return self.points if self.points is not None else self.label
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """Statistics over the previous `span` of a series; a duration window with fewer than `min_points`
+    points leaves the point warming up."""
+
+    span: Span
+    stats: tuple[str, ...]
+    min_points: int = 2
+
+
+@dataclass(frozen=True)
+class ExpectedRange:
+    """expected_low/high = centre -/+ k * spread of rolling window `window` (median and 1.4826*mad when
+    the window has them, else mean and std)."""
+
+    window: int
+    k: float
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """The per-series window features of an unlabelled detector (see the module docstring)."""
+
+    group_by: tuple[str, ...] = ()
+    lags: tuple[int, ...] = ()
+    differences: tuple[int, ...] = ()
+    rolling: tuple[Rolling, ...] = ()
+    seasonal: Span | None = None
+    calendar: tuple[str, ...] = ()
+    capacity: int = 1
+    expected_range: ExpectedRange | None = None
+
+    @property
+    def durations_ns(self) -> tuple[int, ...]:
+        """Every duration a window uses (what a history query must at least cover)."""
+        spans = [r.span for r in self.rolling] + ([self.seasonal] if self.seasonal else [])
+        return tuple(s.duration_ns for s in spans if s.duration_ns is not None)
+
+    def columns(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        """The model's input columns, in order: per field the value, lags, differences, seasonal
+        difference and rolling statistics; then the calendar columns."""
+        out: list[str] = []
+        for f in fields:
+            out.append(f)
+            out += [f"lag{k}({f})" for k in self.lags]
+            out += [f"diff{k}({f})" for k in self.differences]
+            if self.seasonal is not None:
+                out.append(f"sdiff{self.seasonal.label}({f})")
+            for r in self.rolling:
+                out += [f"{stat}{r.span.label}({f})" for stat in r.stats]
+        if "hour_of_day" in self.calendar:
+            out += ["hour_sin", "hour_cos"]
+        if "day_of_week" in self.calendar:
+            out += ["dow_sin", "dow_cos"]
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class AnomalySpec:
+    """An unlabelled detector's model kind and threshold rule (exactly one of the two shares)."""
+
+    model: str = "auto"
+    contamination: float | None = None
+    alert_rate: float | None = None
+
+
+@dataclass(frozen=True)
 class DetectorSpec:
     """A validated detector file. `sha256` is the hash of `to_dict()`, the canonical form."""
 
@@ -150,6 +268,8 @@ class DetectorSpec:
     threshold: ThresholdPolicy
     path: Path
     sha256: str = ""
+    windows: WindowSpec | None = None
+    anomaly: AnomalySpec | None = None
 
     @property
     def feature_fields(self) -> tuple[str, ...]:
@@ -157,8 +277,16 @@ class DetectorSpec:
         return tuple(f.field for f in self.features)
 
     @property
+    def request_fields(self) -> tuple[str, ...]:
+        """The columns a scoring request carries (a model card's `features`): the raw fields, or for a
+        windowed detector the window columns the agent computes (tickguard.windows)."""
+        return self.model_columns if self.windows is not None else self.feature_fields
+
+    @property
     def model_columns(self) -> tuple[str, ...]:
-        """The model's columns after the transforms, in order."""
+        """The model's columns after the transforms, in order (the window columns for a windowed detector)."""
+        if self.windows is not None:
+            return self.windows.columns(self.feature_fields)
         return tuple(column for f in self.features for column in f.columns)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,7 +309,7 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def _canonical(spec: DetectorSpec) -> dict[str, Any]:
     fetch = spec.data.fetch
-    return {
+    out = {
         "name": spec.name,
         "description": spec.description,
         "source": {
@@ -220,6 +348,38 @@ def _canonical(spec: DetectorSpec) -> dict[str, Any]:
         },
         "model": {"name": spec.model.name},
         "threshold": {"policy": spec.threshold.policy, "target": spec.threshold.target},
+    }
+    # Only when present: the hash of a detector without them stays what model cards already record.
+    if spec.windows is not None:
+        out["windows"] = _canonical_windows(spec.windows)
+    if spec.anomaly is not None:
+        out["anomaly"] = {
+            "model": spec.anomaly.model,
+            "contamination": spec.anomaly.contamination,
+            "alert_rate": spec.anomaly.alert_rate,
+        }
+    return out
+
+
+def _canonical_windows(w: WindowSpec) -> dict[str, Any]:
+    return {
+        "group_by": list(w.group_by),
+        "lags": list(w.lags),
+        "differences": list(w.differences),
+        "seasonal": None if w.seasonal is None else w.seasonal.to_value(),
+        "calendar": list(w.calendar),
+        "capacity": w.capacity,
+        "expected_range": None
+        if w.expected_range is None
+        else {"window": w.expected_range.window, "k": w.expected_range.k},
+        "rolling": [
+            {
+                ("points" if r.span.points is not None else "duration"): r.span.to_value(),
+                "stats": list(r.stats),
+                "min_points": r.min_points,
+            }
+            for r in w.rolling
+        ],
     }
 
 
@@ -354,6 +514,8 @@ TOP_KEYS = (
     "output",
     "model",
     "threshold",
+    "windows",
+    "anomaly",
 )
 
 
@@ -494,17 +656,40 @@ def parse_detector(text: str, origin: str, path: Path, expected_name: str | None
     r.table(doc, ("model",), ("name",), required=False)
     model = ModelRef(name=r.name(doc, ("model", "name"), name))
 
-    r.table(doc, ("threshold",), ("policy", "target"))
-    policy = r.choice(doc, ("threshold", "policy"), THRESHOLD_POLICIES)
-    target = r.number(doc, ("threshold", "target"))
-    if target is None:
-        raise r.fail(("threshold", "target"), "missing (a number is required)")
-    if policy == "precision" and not 0 < target <= 1:
-        raise r.fail(("threshold", "target"), f"a target precision is in (0, 1], not {target!r}")
-    if policy == "fixed" and not 0 <= target <= 1:
-        raise r.fail(("threshold", "target"), f"a fixed threshold is a score in [0, 1], not {target!r}")
-    if label is None and policy == "precision":
-        raise r.fail(("threshold", "policy"), "'precision' needs a [label] to measure precision against")
+    if label is not None:
+        for table in ("windows", "anomaly"):
+            if table in doc:
+                raise r.fail((table,), "is for detectors without a [label] (an unsupervised model)")
+    windows = _windows(r, doc) if "windows" in doc else None
+    anomaly = _anomaly(r, doc) if "anomaly" in doc else None
+    if anomaly is not None:
+        if "threshold" in doc:
+            raise r.fail(
+                ("threshold",),
+                "leave it out: with [anomaly] the threshold comes from contamination or alert_rate",
+            )
+        policy = "contamination" if anomaly.contamination is not None else "alert_rate"
+        target = anomaly.contamination if anomaly.contamination is not None else anomaly.alert_rate
+    else:
+        r.table(doc, ("threshold",), ("policy", "target"))
+        policy = r.choice(doc, ("threshold", "policy"), THRESHOLD_POLICIES)
+        target = r.number(doc, ("threshold", "target"))
+        if target is None:
+            raise r.fail(("threshold", "target"), "missing (a number is required)")
+        if policy == "precision" and not 0 < target <= 1:
+            raise r.fail(("threshold", "target"), f"a target precision is in (0, 1], not {target!r}")
+        if policy == "fixed" and not 0 <= target <= 1:
+            raise r.fail(("threshold", "target"), f"a fixed threshold is a score in [0, 1], not {target!r}")
+        if label is None and policy == "precision":
+            raise r.fail(("threshold", "policy"), "'precision' needs a [label] to measure precision against")
+    if windows is not None:
+        for i, feature in enumerate(features):
+            if feature.transform != "none":
+                raise r.fail(
+                    ("features", i),
+                    f"window features read the raw value: transform {feature.transform!r} is not allowed"
+                    " with [windows]",
+                )
 
     spec = DetectorSpec(
         name=name,
@@ -518,6 +703,8 @@ def parse_detector(text: str, origin: str, path: Path, expected_name: str | None
         model=model,
         threshold=ThresholdPolicy(policy=policy, target=float(target)),
         path=path,
+        windows=windows,
+        anomaly=anomaly,
     )
     return _with_hash(spec)
 
@@ -525,6 +712,184 @@ def parse_detector(text: str, origin: str, path: Path, expected_name: str | None
 def _with_hash(spec: DetectorSpec) -> DetectorSpec:
     object.__setattr__(spec, "sha256", canonical_sha256(spec.to_dict()))
     return spec
+
+
+def _positive_ints(r: _Reader, doc: Mapping, path: tuple) -> tuple[int, ...]:
+    value = _get(doc, path)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.fail(path, f"must be an array of positive integers, not {_type_name(value)}")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise r.fail((*path, i), f"must be a positive integer (points back), not {item!r}")
+        if item in value[:i]:
+            raise r.fail((*path, i), f"{item!r} is listed twice")
+    return tuple(value)
+
+
+def _span(r: _Reader, doc: Mapping, path: tuple, value: Any) -> Span:
+    """A positive integer (points) or a duration string such as '6h'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise r.fail(path, f"a number of points must be at least 1, not {value!r}")
+        return Span(points=value)
+    if isinstance(value, str):
+        try:
+            ns = parse_duration_ns(value)
+        except TickguardError as exc:
+            raise r.fail(path, str(exc)) from None
+        if ns <= 0:
+            raise r.fail(path, f"a duration must be positive, not {value!r}")
+        return Span(duration_ns=ns)
+    raise r.fail(path, f'must be a number of points or a duration string such as "6h", not {value!r}')
+
+
+def _windows(r: _Reader, doc: Mapping) -> WindowSpec:
+    allowed = (
+        "group_by",
+        "lags",
+        "differences",
+        "rolling",
+        "seasonal",
+        "calendar",
+        "capacity",
+        "expected_range",
+    )
+    r.table(doc, ("windows",), allowed)
+    group_by = r.string_list(doc, ("windows", "group_by"))
+    lags = _positive_ints(r, doc, ("windows", "lags"))
+    differences = _positive_ints(r, doc, ("windows", "differences"))
+    calendar = r.string_list(doc, ("windows", "calendar"))
+    for i, item in enumerate(calendar):
+        if item not in CALENDAR_FEATURES:
+            raise r.fail(
+                ("windows", "calendar", i),
+                f"unknown value {item!r} (choose from {', '.join(CALENDAR_FEATURES)})",
+            )
+    seasonal_raw = _get(doc, ("windows", "seasonal"))
+    seasonal = None if seasonal_raw is None else _span(r, doc, ("windows", "seasonal"), seasonal_raw)
+
+    raw_rolling = _get(doc, ("windows", "rolling"))
+    if raw_rolling is not None and not isinstance(raw_rolling, list):
+        raise r.fail(
+            ("windows", "rolling"),
+            f"must be an array of tables ([[windows.rolling]]), not {_type_name(raw_rolling)}",
+        )
+    rolling: list[Rolling] = []
+    for i, item in enumerate(raw_rolling or []):
+        path = ("windows", "rolling", i)
+        r.table(doc, path, ("points", "duration", "stats", "min_points"))
+        if ("points" in item) == ("duration" in item):
+            raise r.fail(path, 'give exactly one of points (a count) and duration (e.g. "6h")')
+        if "points" in item and not (
+            isinstance(item["points"], int) and not isinstance(item["points"], bool)
+        ):
+            raise r.fail((*path, "points"), f"must be a positive integer, not {item['points']!r}")
+        if "duration" in item and not isinstance(item["duration"], str):
+            raise r.fail(
+                (*path, "duration"), f'must be a duration string such as "6h", not {item["duration"]!r}'
+            )
+        key = "points" if "points" in item else "duration"
+        span = _span(r, doc, (*path, key), item[key])
+        stats = r.string_list(doc, (*path, "stats"))
+        if not stats:
+            raise r.fail((*path, "stats"), f"missing (an array of {', '.join(WINDOW_STATS)})")
+        for j, stat in enumerate(stats):
+            if stat not in WINDOW_STATS:
+                raise r.fail(
+                    (*path, "stats", j), f"unknown value {stat!r} (choose from {', '.join(WINDOW_STATS)})"
+                )
+        min_points_raw = _get(doc, (*path, "min_points"))
+        if span.points is not None and min_points_raw is not None:
+            raise r.fail(
+                (*path, "min_points"), "only for a duration window (a points window needs all its points)"
+            )
+        if min_points_raw is not None and (
+            isinstance(min_points_raw, bool) or not isinstance(min_points_raw, int) or min_points_raw < 1
+        ):
+            raise r.fail((*path, "min_points"), f"must be a positive integer, not {min_points_raw!r}")
+        min_points = span.points if span.points is not None else (min_points_raw or 2)
+        if "std" in stats and min_points < 2:
+            raise r.fail(
+                (*path, "points" if span.points is not None else "min_points"), "std needs at least 2 points"
+            )
+        rolling.append(Rolling(span=span, stats=stats, min_points=min_points))
+
+    if not (lags or differences or rolling or seasonal or calendar):
+        raise r.fail(
+            ("windows",), "declares no window feature (lags, differences, rolling, seasonal, calendar)"
+        )
+
+    point_needs = [*lags, *differences, *(x.span.points for x in rolling if x.span.points is not None)]
+    if seasonal is not None and seasonal.points is not None:
+        point_needs.append(seasonal.points)
+    uses_duration = (
+        seasonal is not None
+        and seasonal.duration_ns is not None
+        or any(x.span.duration_ns is not None for x in rolling)
+    )
+    capacity_raw = _get(doc, ("windows", "capacity"))
+    needed = max(point_needs, default=1)
+    if capacity_raw is None:
+        if uses_duration:
+            raise r.fail(
+                ("windows", "capacity"),
+                "missing: a duration window needs the most points a series keeps (memory per series is bounded)",
+            )
+        capacity = needed + max(LATE_SLACK_POINTS, needed // 4)
+    else:
+        if isinstance(capacity_raw, bool) or not isinstance(capacity_raw, int) or capacity_raw < 1:
+            raise r.fail(("windows", "capacity"), f"must be a positive integer, not {capacity_raw!r}")
+        if capacity_raw < needed:
+            raise r.fail(
+                ("windows", "capacity"), f"{capacity_raw} is fewer than the {needed} points the windows need"
+            )
+        capacity = capacity_raw
+
+    expected = None
+    if r.table(doc, ("windows", "expected_range"), ("window", "k"), required=False) is not None:
+        window = _get(doc, ("windows", "expected_range", "window"))
+        window = 0 if window is None else window
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < len(rolling):
+            raise r.fail(
+                ("windows", "expected_range", "window"),
+                f"must index a [[windows.rolling]] table (0..{len(rolling) - 1}), not {window!r}",
+            )
+        stats = set(rolling[window].stats)
+        if not ({"median", "mad"} <= stats or {"mean", "std"} <= stats):
+            raise r.fail(
+                ("windows", "expected_range", "window"),
+                f"rolling[{window}] needs median and mad, or mean and std, to give a range",
+            )
+        k = r.number(doc, ("windows", "expected_range", "k"), 3.0)
+        if k <= 0:
+            raise r.fail(("windows", "expected_range", "k"), f"must be positive, not {k!r}")
+        expected = ExpectedRange(window=window, k=float(k))
+    return WindowSpec(
+        group_by=group_by,
+        lags=lags,
+        differences=differences,
+        rolling=tuple(rolling),
+        seasonal=seasonal,
+        calendar=calendar,
+        capacity=capacity,
+        expected_range=expected,
+    )
+
+
+def _anomaly(r: _Reader, doc: Mapping) -> AnomalySpec:
+    r.table(doc, ("anomaly",), ("model", "contamination", "alert_rate"))
+    model = r.choice(doc, ("anomaly", "model"), ANOMALY_MODELS, "auto")
+    shares = {}
+    for key in ("contamination", "alert_rate"):
+        value = r.number(doc, ("anomaly", key))
+        if value is not None and not 0 < value < 0.5:
+            raise r.fail(("anomaly", key), f"a share of points is in (0, 0.5), not {value!r}")
+        shares[key] = None if value is None else float(value)
+    if (shares["contamination"] is None) == (shares["alert_rate"] is None):
+        raise r.fail(("anomaly",), "give exactly one of contamination and alert_rate (the threshold rule)")
+    return AnomalySpec(model=model, **shares)
 
 
 def _features(r: _Reader, doc: Mapping) -> tuple[Feature, ...]:
