@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 TICKGUARD_CACHE ?= $(HOME)/.cache/tickguard
 export TICKGUARD_CACHE
 
-.PHONY: help sysdeps venv tick data lint format proto test test-fast train train-fast bench clean
+.PHONY: help sysdeps venv tick k8s data lint format proto test test-fast train train-fast bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ venv: $(VENV)/.installed ## the Python venv with tickguard and its dev tools
 tick: ## build kapacitord/kapacitor 1.7.6 and influxd/influx 1.8.10 into .tick/bin (cached)
 	@bash scripts/build-tick.sh
 
+k8s: tick ## build helm and the strict Kubernetes manifest validator into .k8s/bin (cached; needs Go: after tick)
+	@bash scripts/build-k8s-tools.sh
+
 data: venv ## fetch the bundled detectors' data sets (fraud, shuttle) into data/raw (hash-verified)
 	$(VENV)/bin/tickguard data fetch --detector fraud
 	$(VENV)/bin/tickguard data fetch --detector shuttle
@@ -44,7 +47,7 @@ format: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: sysdeps venv tick data lint ## the whole suite, from scratch if need be
+test: sysdeps venv tick k8s data lint ## the whole suite, from scratch if need be
 	$(VENV)/bin/pytest
 
 train-fast: venv data ## quick model (small sample, few trials) into models/fraud/_scratch
@@ -58,4 +61,4 @@ bench: venv tick data ## end-to-end, UDF, API, model and Locust benchmarks; resu
 	$(PY) -m benchmarks.run_all
 
 clean: ## remove the venv and caches inside the repo (the server cache in ~/.cache stays)
-	rm -rf $(VENV) .tick .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tick .k8s .pytest_cache .ruff_cache .hypothesis
