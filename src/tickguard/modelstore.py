@@ -177,11 +177,12 @@ def detector_card_fields(detector: DetectorSpec) -> dict[str, Any]:
 def card_detector_differences(card: Mapping[str, Any], detector: DetectorSpec) -> list[str]:
     """How a model card disagrees with a detector spec, one phrase per difference (empty = it fits).
 
-    The features must be the detector's fields in order (what a client sends); when the card records
-    the detector it was saved for, its label and spec hash must be the current file's too.
+    The features must be the detector's request fields in order (what a client sends: the raw fields, or
+    the window columns of a windowed detector); when the card records the detector it was saved for, its
+    label and spec hash must be the current file's too.
     """
     differences = []
-    fields = list(detector.feature_fields)
+    fields = list(detector.request_fields)
     if list(card.get("features", [])) != fields:
         missing = [name for name in fields if name not in card.get("features", [])]
         extra = [name for name in card.get("features", []) if name not in fields]
@@ -214,7 +215,8 @@ def recorded_detector_differences(card: Mapping[str, Any], detector_name: str) -
     """How a card disagrees with the detector spec it recorded itself (for hosts without the detector file).
 
     The card must belong to `detector_name` (the directory it sits in) and its features must be the
-    recorded spec's fields; a card that records no spec has nothing to compare.
+    recorded spec's request fields (its window columns when it declares windows); a card that records no
+    spec has nothing to compare.
     """
     recorded = card.get(CARD_DETECTOR)
     if not isinstance(recorded, Mapping):
@@ -225,6 +227,10 @@ def recorded_detector_differences(card: Mapping[str, Any], detector_name: str) -
     fields = [
         item.get("field") if isinstance(item, Mapping) else item for item in recorded.get("features", [])
     ]
+    if isinstance(recorded.get("windows"), Mapping):  # a windowed detector is sent its window columns
+        from tickguard.detectors.spec import window_spec_from_canonical
+
+        fields = list(window_spec_from_canonical(recorded["windows"]).columns(tuple(fields)))
     if list(card.get("features", [])) != fields:
         differences.append(f"features differ from the recorded spec's fields {fields}")
     return differences

@@ -61,6 +61,12 @@ class AgentSettings:
     )
     # After healing a task, backfill the points it missed (needs InfluxDB access: TICKGUARD_INFLUXDB_*).
     backfill_on_heal: bool
+    # Where a windowed detector's series history is read after a restart (tickguard.agent.windowing);
+    # empty URL = no rebuild, new series warm up. TICKGUARD_INFLUXDB_URL/_USER/_PASSWORD.
+    influx_url: str = ""
+    influx_username: str = ""
+    influx_password: str = ""
+    window_history: bool = True  # TICKGUARD_UDF_WINDOW_HISTORY=false: never read history, always warm up
 
 
 def _env(env: dict, name: str, default: str) -> str:
@@ -110,4 +116,8 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         # On by default wherever the agent knows its InfluxDB; TICKGUARD_BACKFILL_ON_HEAL=false turns it off.
         backfill_on_heal=_env(env, "TICKGUARD_BACKFILL_ON_HEAL", "true").lower() in ("1", "true", "yes")
         and bool(_env(env, "TICKGUARD_INFLUXDB_URL", "")),
+        influx_url=_env(env, "TICKGUARD_INFLUXDB_URL", "").rstrip("/"),
+        influx_username=_env(env, "TICKGUARD_INFLUXDB_USER", ""),
+        influx_password=_env(env, "TICKGUARD_INFLUXDB_PASSWORD", ""),
+        window_history=_env(env, "TICKGUARD_UDF_WINDOW_HISTORY", "true").lower() in ("1", "true", "yes"),
     )

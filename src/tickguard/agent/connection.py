@@ -44,6 +44,7 @@ from tickguard.agent.pipeline import (
     render_unscored,
 )
 from tickguard.agent.scoring import ClientRegistry, ModelNotServed, ScoringClient, ScoringUnavailable
+from tickguard.agent.windowing import LiveWindows, card_windows, window_features_for_card
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class Connection:
         self._resolved_card: dict | None = None
         self._resolved: tuple[tuple[str, ...] | None, tuple[str, ...] | None, str] = (None, None, "")
         self.label_rule = LabelRule(None)
+        # A windowed model's per-series state (None = the model scores each point's own fields).
+        self.windows: LiveWindows | None = None
+        self._windows_declared: object = None
         self.queued_points = 0  # received, not yet written back
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
@@ -355,7 +359,62 @@ class Connection:
                 self._resolved = (None, None, str(exc))
             self._resolved_card = card
             self.label_rule = LabelRule.from_card(card)
+            self._update_windows(card)
         return self._resolved
+
+    def _update_windows(self, card: dict) -> None:
+        """Window state for the card's detector: kept while its `[windows]` stay the same (a new model
+        version of the same detector), fresh (rebuilt from history) when they change, none without."""
+        declared = card_windows(card)
+        if declared is None:
+            self.windows, self._windows_declared = None, None
+            return
+        if self.windows is not None and declared == self._windows_declared:
+            return
+        try:
+            features = window_features_for_card(card)
+        except Exception as exc:  # a card this agent cannot read: its points leave unscored, saying why
+            self.windows, self._windows_declared = None, None
+            self._resolved = (None, None, f"the model's window features are unusable: {exc}")
+            return
+        unknown = [name for name in self._resolved[0] or () if name not in features.columns]
+        if unknown:
+            self.windows, self._windows_declared = None, None
+            self._resolved = (
+                None,
+                None,
+                f"the model's features {', '.join(map(repr, unknown))} are not window columns of its "
+                f"detector ({', '.join(features.columns)})",
+            )
+            return
+        self.windows = LiveWindows(
+            features, self._history_reader(), self.options.write_features, self.describe()
+        )
+        self._windows_declared = declared
+        log.info(
+            "%s: windowed model: series by %s, %d points kept per series, history %s",
+            self.describe(),
+            ", ".join(features.spec.group_by) or "(one series)",
+            features.spec.capacity,
+            "from " + self.settings.influx_url if self.windows.history else "off (new series warm up)",
+        )
+
+    def _history_reader(self):
+        """Where new series' history is read (TICKGUARD_INFLUXDB_*), or None: they warm up instead."""
+        settings = self.settings
+        if not (settings.window_history and settings.influx_url):
+            return None
+        from tickguard.agent.history import HistoryReader
+        from tickguard.influx import InfluxClient
+
+        client = InfluxClient(
+            settings.influx_url,
+            username=settings.influx_username,
+            password=settings.influx_password,
+            timeout_s=max(1.0, self.options.timeout_s),
+            retries=1,
+        )
+        return HistoryReader(client)
 
     def _prepare(self, batch: Batch) -> None:
         """Fill the batch's request rows from its points, with this task's features, label and kept fields."""
@@ -368,6 +427,7 @@ class Connection:
             self._lean_keep(),
             fields=fields,
             label_rule=self.label_rule,
+            windows=self.windows if features is not None else None,
         )
 
     def _score_now(self, batch: Batch) -> None:

@@ -45,6 +45,11 @@ class AgentMetrics:
             "tickguard_udf_queue_depth", "Points waiting to be scored, all connections.", registry=r
         )
         self.connections = Gauge("tickguard_udf_connections", "Open Kapacitor connections.", registry=r)
+        self.window_series = Gauge(
+            "tickguard_udf_window_series",
+            "Series whose window state the agent holds (windowed detectors), all connections.",
+            registry=r,
+        )
         self.tasks_healed = Counter(
             "tickguard_udf_tasks_healed", "Tasks re-enabled by the watchdog.", registry=r
         )

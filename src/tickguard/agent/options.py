@@ -4,7 +4,8 @@ Each option takes exactly one argument (Kapacitor checks the count against the d
 `.model('name')` picks the served model (default: the service's default model). `.fields()` maps model
 features to point fields, `'feature=field,...'` in the grammar of tickguard.agent.schema (a bare name
 maps to itself; names with commas, equals signs or surrounding spaces are double-quoted); it may be
-repeated, and features it does not name are read from fields of their own name. The mapping is checked
+repeated, and features it does not name are read from fields of their own name. `.writeFeatures(TRUE)`
+writes a windowed model's input columns (tickguard.agent.windowing) as fields of each scored point. The mapping is checked
 against the served model's features when the task starts (`resolve_features`), and the label's positive
 values come from the model's card (`LabelRule`), i.e. from the detector spec the model was trained for.
 """
@@ -47,6 +48,7 @@ DECLARED_OPTIONS: dict[str, int] = {
     "mode": pb.STRING,
     "output": pb.STRING,
     "keep": pb.STRING,
+    "writeFeatures": pb.BOOL,
 }
 
 
@@ -73,6 +75,7 @@ class TaskOptions:
     output: str = OUTPUT_FULL
     keep_fields: tuple[str, ...] = ()  # numeric input fields a lean point keeps (e.g. Amount)
     model: str | None = None  # the served model's name; None = the service's default model
+    write_features: bool = False  # a windowed model's columns are written as fields of scored points
 
 
 def info_response(wants: int, provides: int) -> pb.Response:
@@ -183,6 +186,8 @@ def parse_options(options: list[pb.Option] | tuple, base: TaskOptions) -> TaskOp
                 changes["keep_fields"] = parse_names(str(value))
             except FieldListError as exc:
                 raise OptionError(f".keep(): {exc}") from None
+        elif name == "writeFeatures":
+            changes["write_features"] = bool(value)
         elif name == "mode":
             if value not in MODES:
                 raise OptionError(f".mode('{value}') must be one of {', '.join(MODES)}")

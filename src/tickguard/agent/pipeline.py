@@ -20,6 +20,7 @@ from tickguard.agent.encode import ScoredFieldsEncoder, point_payload_offset, po
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
 from tickguard.agent.options import LabelRule
 from tickguard.agent.scoring import ScoreResult
+from tickguard.agent.windowing import LiveWindows
 from tickguard.scoring.v2 import BinaryBatch
 
 
@@ -43,6 +44,8 @@ class Batch:
     rows: int = 0
     # lean output: per point, the re-encoded Point without its numeric input fields (None = full output)
     lean: list[bytes] | None = None
+    # point index -> fields appended to that point when it is scored (a windowed detector's expected range)
+    extras: dict[int, bytes] = field(default_factory=dict)
 
 
 def feature_problem(point: pb.Point, features: tuple[str, ...]) -> str:
@@ -149,12 +152,15 @@ def prepare(
     lean_keep: tuple[str, ...] | None = None,
     fields: tuple[str, ...] | None = None,
     label_rule: LabelRule | None = None,
+    windows: LiveWindows | None = None,
 ) -> None:
     """Decode the batch, pick out each point's feature row and label, and pack the request body.
 
     `features` are the model's (the body's columns); `fields` the point field each is read from (None =
     the same names). `label_rule` decides which label values are positive (None = the legacy rule).
     `lean_keep` not None: the output points are lean (see lean_points), keeping those numeric fields.
+    `windows` not None: the model takes window features, computed per series from the points
+    (tickguard.agent.windowing) instead of read from their fields.
     """
     points = decode_run(batch.frames)
     batch.times = [p.time for p in points]
@@ -166,6 +172,11 @@ def prepare(
     if features is None:
         batch.row_of = [-1] * len(points)
         batch.errors = dict.fromkeys(range(len(points)), features_error)
+        if lean_keep is not None:
+            batch.lean = lean_points(points, lean_keep)
+        return
+    if windows is not None:
+        _prepare_windowed(batch, points, features, windows)
         if lean_keep is not None:
             batch.lean = lean_points(points, lean_keep)
         return
@@ -211,6 +222,27 @@ def prepare(
         batch.lean = lean_points(points, lean_keep, fresh)
 
 
+def _prepare_windowed(batch: Batch, points, columns: tuple[str, ...], windows: LiveWindows) -> None:
+    """Rows from each point's window features (in the model's column order), in arrival order."""
+    order = windows.columns
+    pick = None if tuple(columns) == order else [order.index(name) for name in columns]
+    rows: list[tuple] = []
+    row_of: list[int] = []
+    for index, outcome in enumerate(windows.push(points)):
+        if outcome.row is None:
+            batch.errors[index] = outcome.error
+            row_of.append(-1)
+            continue
+        if outcome.extra:
+            batch.extras[index] = outcome.extra
+        row_of.append(len(rows))
+        rows.append(outcome.row if pick is None else tuple(outcome.row[i] for i in pick))
+    batch.row_of = row_of
+    batch.rows = len(rows)
+    if rows:
+        batch.body = BinaryBatch(columns, rows)
+
+
 def render(
     batch: Batch,
     result: ScoreResult | None,
@@ -224,6 +256,7 @@ def render(
     extend = parts.extend
     error_entries: dict[str, bytes] = {}
     lean = batch.lean
+    extras = batch.extras
     if result is not None:
         threshold = result.threshold if threshold_override is None else threshold_override
         tail = encoder.scored_tail(result.model_version, threshold)
@@ -236,6 +269,8 @@ def render(
             score = scores[row]
             flagged = flags[row] if threshold_override is None else score >= threshold_override
             extra = encoder.scored_fields(score, latency_ms, flagged, batch.labels[index], tail)
+            if extras:
+                extra += extras.get(index, b"")
         else:
             message = batch.errors.get(index) or batch_error
             entry = error_entries.get(message)

@@ -46,17 +46,37 @@ THRESHOLD = "threshold"  # float: the threshold the flag used (the task's .thres
 LATENCY_MS = "latency_ms"  # float: from the point's arrival at the agent to its score
 CONFUSION = ("tp", "fp", "fn", "tn")  # int 0/1 each: only when the task has a label field
 BACKFILLED = "backfilled"  # bool: written by `tickguard backfill`, never by the agent
+# Windowed detectors (a `[windows]` table, tickguard.windows): the range the point's series makes expected,
+# centre -/+ k * spread of the declared rolling window. Float, on scored points whose detector declares
+# `expected_range`. An unscored point's `error` is then also `warming up` (its window is not full yet) or
+# `out of order` (older than everything its series keeps): tickguard.windows' statuses.
+EXPECTED_LOW = "expected_low"
+EXPECTED_HIGH = "expected_high"
 
 # Names the agent (or backfill) writes itself; no option may rename the score, flag or label onto one.
-RESERVED_OUTPUT_FIELDS = (SCORED, ERROR, MODEL_VERSION, THRESHOLD, LATENCY_MS, *CONFUSION, BACKFILLED)
+RESERVED_OUTPUT_FIELDS = (
+    SCORED,
+    ERROR,
+    MODEL_VERSION,
+    THRESHOLD,
+    LATENCY_MS,
+    *CONFUSION,
+    BACKFILLED,
+    EXPECTED_LOW,
+    EXPECTED_HIGH,
+)
 
 FLOAT, BOOL, STRING, INT = "float", "boolean", "string", "integer"  # InfluxDB's names of field types
 
 
 def added_field_types(
-    score_field: str = SCORE_FIELD, flag_field: str = FLAG_FIELD, labelled: bool = True
+    score_field: str = SCORE_FIELD,
+    flag_field: str = FLAG_FIELD,
+    labelled: bool = True,
+    expected_range: bool = False,
 ) -> dict[str, str]:
-    """Field -> InfluxDB type of every field a scored point gets on top of its input fields.
+    """Field -> InfluxDB type of every field a scored point gets on top of its input fields
+    (`expected_range`: the detector declares one, tickguard.windows).
 
     An unscored point has only `latency_ms`, `scored` (false) and `error` of these.
     """
@@ -70,6 +90,8 @@ def added_field_types(
     }
     if labelled:
         types.update(dict.fromkeys(CONFUSION, INT))
+    if expected_range:
+        types.update(dict.fromkeys((EXPECTED_LOW, EXPECTED_HIGH), FLOAT))
     return types
 
 
@@ -113,22 +135,37 @@ class ScoredSchema:
     label_field: str  # '' = the detector has no label: no tp/fp/fn/tn
     keep_fields: tuple[str, ...]  # input fields a lean point keeps: id, display fields and the label
     output: str = DEFAULT_OUTPUT
+    expected_range: bool = False  # scored points carry expected_low / expected_high
 
     def field_types(self) -> dict[str, str]:
         """The agent's fields of a scored point of this detector, with their types."""
-        return added_field_types(self.score_field, self.flag_field, bool(self.label_field))
+        return added_field_types(
+            self.score_field, self.flag_field, bool(self.label_field), self.expected_range
+        )
 
 
 def schema_for(spec: DetectorSpec) -> ScoredSchema:
     """The scored-point schema of a detector: its output measurement, the flag renamed when the label is
-    called like the default flag (it would overwrite the label), and id + display + label fields kept."""
+    called like the default flag (it would overwrite the label), and id + display + label fields kept.
+
+    A windowed detector also keeps its value fields (a dashboard draws the series with its expected range
+    from the scored measurement alone), and declares expected_low / expected_high when it has a range."""
     label = spec.label.field if spec.label is not None else ""
     flag = FLAG_FIELD_BESIDE_LABEL if label == FLAG_FIELD else FLAG_FIELD
+    windows = spec.windows
+    values = spec.feature_fields if windows is not None else ()
     kept: list[str] = []
-    for name in (spec.output.id_field, *spec.output.display_fields, label):
+    for name in (spec.output.id_field, *spec.output.display_fields, label, *values):
         if name and name not in kept:
             kept.append(name)
-    return ScoredSchema(spec.output.measurement, SCORE_FIELD, flag, label, tuple(kept))
+    return ScoredSchema(
+        spec.output.measurement,
+        SCORE_FIELD,
+        flag,
+        label,
+        tuple(kept),
+        expected_range=windows is not None and windows.expected_range is not None,
+    )
 
 
 # ---- the field-list grammar ------------------------------------------------------------------------

@@ -63,11 +63,17 @@ class UdfServer:
         self._counter = 0
         self.metrics.queue_depth.set_function(self.queued_points)
         self.metrics.connections.set_function(lambda: len(self._connections))
+        self.metrics.window_series.set_function(self.window_series)
 
     def queued_points(self) -> int:
         """Points received on all connections and not yet written back."""
         with self._lock:
             return sum(max(0, c.queued_points) for c in self._connections)
+
+    def window_series(self) -> int:
+        """Series with window state in memory, all connections (windowed detectors only)."""
+        with self._lock:
+            return sum(len(c.windows.features) for c in self._connections if c.windows is not None)
 
     def live_tasks(self) -> set[str]:
         """Ids of the Kapacitor tasks with an initialized connection to this agent."""

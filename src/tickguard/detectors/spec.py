@@ -383,6 +383,42 @@ def _canonical_windows(w: WindowSpec) -> dict[str, Any]:
     }
 
 
+def window_spec_from_canonical(canonical: Mapping[str, Any]) -> WindowSpec:
+    """The WindowSpec of a canonical `windows` dict (`_canonical_windows`' inverse): what a process that has
+    only a model card (the UDF agent) builds its window state from."""
+    try:
+        rolling = tuple(
+            Rolling(
+                span=_canonical_span(item.get("points", item.get("duration"))),
+                stats=tuple(item["stats"]),
+                min_points=int(item["min_points"]),
+            )
+            for item in canonical.get("rolling") or ()
+        )
+        expected = canonical.get("expected_range")
+        seasonal = canonical.get("seasonal")
+        return WindowSpec(
+            group_by=tuple(canonical.get("group_by") or ()),
+            lags=tuple(int(k) for k in canonical.get("lags") or ()),
+            differences=tuple(int(k) for k in canonical.get("differences") or ()),
+            rolling=rolling,
+            seasonal=None if seasonal is None else _canonical_span(seasonal),
+            calendar=tuple(canonical.get("calendar") or ()),
+            capacity=int(canonical["capacity"]),
+            expected_range=None
+            if expected is None
+            else ExpectedRange(window=int(expected["window"]), k=float(expected["k"])),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DetectorError(f"unreadable canonical [windows] {dict(canonical)!r}: {exc!r}") from None
+
+
+def _canonical_span(value: Any) -> Span:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"a window span is a point count or a duration, not {value!r}")
+    return Span(points=value) if isinstance(value, int) else Span(duration_ns=parse_duration_ns(value))
+
+
 def canonical_sha256(canonical: Mapping[str, Any]) -> str:
     """sha256 of a canonical dict as compact, key-sorted UTF-8 JSON."""
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
