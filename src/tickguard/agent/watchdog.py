@@ -5,6 +5,11 @@ with an error. The watchdog polls the task list, and for each enabled task whose
 our UDFs and which is no longer executing, it disables and re-enables it (which makes Kapacitor
 reconnect), with exponential backoff per task while that fails. Each heal is logged and reported to
 the `on_healed` callbacks, so a backfill can re-score the gap between `down_since` and `healed_at`.
+
+When Kapacitor itself was unreachable (killed and restarted, e.g. a Kapacitor shard's pod), its tasks come
+back executing from its own storage, but the points InfluxDB pushed to it meanwhile are lost. So when the
+API answers again after failing, every executing task that uses our UDF is reported as healed too, down
+since the first failed poll, and the backfill re-scores that outage.
 """
 
 from __future__ import annotations
@@ -79,6 +84,10 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._api_error_logged = False
         self.api_error = ""  # why the last poll could not list the tasks ("" = it could)
+        # The first failed poll of the current API outage; outages count only once the API has answered
+        # (an agent starts before Kapacitor: not answering yet is no outage).
+        self._unreachable_since: datetime | None = None
+        self._api_answered = False
 
     def add_callback(self, callback: Callable[[HealEvent], None]) -> None:
         """Call `callback(event)` after every successful heal."""
@@ -90,12 +99,16 @@ class Watchdog:
             tasks = self.client.list_tasks()
         except (KapacitorError, ValueError) as exc:
             self.api_error = str(exc)
+            if self._unreachable_since is None and self._api_answered:
+                self._unreachable_since = datetime.now(UTC)
             if not self._api_error_logged:
                 log.warning("watchdog: cannot list Kapacitor tasks: %s", exc)
                 self._api_error_logged = True
             return []
         self._api_error_logged = False
         self.api_error = ""
+        outage_since, self._unreachable_since = self._unreachable_since, None
+        self._api_answered = True
         now = time.monotonic()
         healed: list[HealEvent] = []
         seen: set[str] = set()
@@ -105,6 +118,11 @@ class Watchdog:
                 continue
             down = self._down.get(task_id)
             stopped = task.status == "enabled" and not task.executing
+            if outage_since is not None and not stopped and down is None and task.status == "enabled":
+                healed.append(self._back_after_outage(task_id, outage_since))
+                continue
+            if outage_since is not None and stopped and down is None:
+                down = self._down[task_id] = _Down(since=outage_since, error=task.error)
             if not stopped and down is None and self._orphaned(task, now):
                 stopped = True
                 down = self._down[task_id] = _Down(
@@ -171,7 +189,6 @@ class Watchdog:
             return None
         del self._down[task_id]
         event = HealEvent(task_id, down.since, datetime.now(UTC), down.error, down.attempts)
-        self.healed.append(event)
         log.warning(
             "watchdog: task %s healed (down since %s, healed at %s, %d attempt(s))",
             task_id,
@@ -179,6 +196,22 @@ class Watchdog:
             event.healed_at.isoformat(),
             event.attempts,
         )
+        return self._report(event)
+
+    def _back_after_outage(self, task_id: str, since: datetime) -> HealEvent:
+        """A task Kapacitor runs again after its API was unreachable: report the outage as healed."""
+        event = HealEvent(task_id, since, datetime.now(UTC), "Kapacitor was unreachable (restarted?)", 0)
+        log.warning(
+            "watchdog: Kapacitor answers again; task %s executing (unreachable since %s)",
+            task_id,
+            since.isoformat(),
+        )
+        return self._report(event)
+
+    def _report(self, event: HealEvent) -> HealEvent:
+        """Record a heal and call the on_healed callbacks (a failing one is logged, never raised)."""
+        task_id = event.task_id
+        self.healed.append(event)
         for callback in self.on_healed:
             try:
                 callback(event)

@@ -286,6 +286,8 @@ class Backfiller:
         self.influx = influx_client(self.settings)
         self.api = ScoringApi(self.settings, model=self.settings.model or None)
         self.skipped_points = 0  # points of the last plan in buckets that needed nothing
+        # Only the points this condition selects, on both sides (a Kapacitor shard's: `"shard" = '1'`).
+        self.where = f" AND ({self.settings.where})" if self.settings.where else ""
 
     # -- planning -------------------------------------------------------------------------------------
     def plan_windows(self, start_ns: int, end_ns: int) -> list[tuple[int, int, int]]:
@@ -295,8 +297,8 @@ class Backfiller:
         bucket = -(-bucket // 1_000_000_000) * 1_000_000_000  # whole seconds for GROUP BY time()
         source = quote_ident(self.settings.source_measurement)
         series = self.influx.query(
-            f"SELECT count(*) FROM {source} WHERE {time_range(start_ns, end_ns, end_inclusive=True)} "
-            f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
+            f"SELECT count(*) FROM {source} WHERE {time_range(start_ns, end_ns, end_inclusive=True)}"
+            f"{self.where} GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
         )
         done = self._done_per_bucket(start_ns, end_ns, bucket)
         self.skipped_points = 0
@@ -332,7 +334,7 @@ class Backfiller:
         field_name = self.settings.score_field if self.rescore_unscored else SCORED
         series = self.influx.query(
             f"SELECT count({quote_ident(field_name)}) FROM {quote_ident(self.target)} "
-            f"WHERE {time_range(start_ns, end_ns, end_inclusive=True)} "
+            f"WHERE {time_range(start_ns, end_ns, end_inclusive=True)}{self.where} "
             f"GROUP BY time({bucket // 1_000_000_000}s) fill(0)"
         )
         return {int(row["time"]): int(row.get("count") or 0) for _tags, row in iter_rows(series)}
@@ -348,7 +350,7 @@ class Backfiller:
         names = (SCORED, score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
         columns = ", ".join(quote_ident(name) for name in dict.fromkeys(names))
         rows = self.influx.rows(
-            f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}"
+            f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}{self.where}"
         )
         for _tags, row in rows:
             scored = row.get(SCORED) is True and row.get(self.settings.score_field) is not None
@@ -389,7 +391,7 @@ class Backfiller:
             index = self.counterparts(low, high)
             rows = self.influx.rows(
                 f"SELECT {self.select_list(types)} FROM {quote_ident(source)} "
-                f"WHERE {time_range(low, high)} GROUP BY *"
+                f"WHERE {time_range(low, high)}{self.where} GROUP BY *"
             )
             pending: list[tuple[dict[str, str], dict[str, Any], bool]] = []
             for tags, row in rows:
@@ -511,7 +513,7 @@ def last_scored_before(settings: BackfillSettings, before_ns: int) -> int | None
     """Timestamp of the newest point of the scored measurement at or before `before_ns` (None if none)."""
     series = influx_client(settings).query(
         f"SELECT last({quote_ident(SCORED)}) FROM {quote_ident(settings.scored_measurement)} "
-        f"WHERE time <= {int(before_ns)}"
+        f"WHERE time <= {int(before_ns)}{f' AND ({settings.where})' if settings.where else ''}"
     )
     for _tags, row in iter_rows(series):
         return int(row["time"])

@@ -54,6 +54,9 @@ class BackfillSettings:
     model: str = ""  # the served model to score with ("" = the service's default)
     id_field: str = "txid"  # matches a raw point to its scored one, with the timestamp ("" = timestamp only)
     detector: str = ""  # the detector the settings came from ("" = none)
+    # An InfluxQL condition limiting the backfill to some points, on the raw and the scored side alike:
+    # a Kapacitor shard's own, `"shard" = '1'` (tickguard.stack.sharding). "" = every point.
+    where: str = ""
 
 
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
@@ -115,4 +118,5 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
         kapacitor_username=_env(env, "TICKGUARD_KAPACITOR_USERNAME", ""),
         kapacitor_password=_env(env, "TICKGUARD_KAPACITOR_PASSWORD", ""),
         task_id=_env(env, "TICKGUARD_BACKFILL_TASK", ""),
+        where=_env(env, "TICKGUARD_BACKFILL_WHERE", ""),
     )

@@ -14,6 +14,9 @@ project) in batches. A batch that fails because InfluxDB is unreachable or overl
 exponential backoff; after `max_retries` it is counted as failed and the replay goes on. Bad credentials
 or a rejected batch (4xx) stop the replay with a clear error, since every later batch would fail the same
 way.
+
+For a sharded deployment (several Kapacitors, tickguard.stack.sharding), `ReplayPlan.shards = N` adds the
+`shard` tag, crc32 of the point's id (or series key) modulo N; 0, the default, writes no shard tag.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tickguard.influx import (
     format_field,
 )
 from tickguard.stack.config import InfluxSettings
+from tickguard.stack.sharding import SHARD_KEYS, SHARD_TAG, check_shards, series_key, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,10 @@ class ReplayPlan:
     batch_size: int = 500
     max_retries: int = 8
     source_tag: str = "holdout-replay"
+    shards: int = 0  # > 0: write the `shard` tag for that many Kapacitor shards (tickguard.stack.sharding)
+    shard_key: str = (
+        "auto"  # what the shard is a hash of: "id", "series" or "auto" (the id when there is one)
+    )
 
 
 @dataclass
@@ -146,20 +154,50 @@ def check_rows(rows: pd.DataFrame, fmt: ReplayFormat | None = None) -> None:
 class LineEncoder:
     """Turns rows into InfluxDB line protocol with strictly increasing nanosecond timestamps."""
 
-    def __init__(self, measurement: str, source_tag: str, fmt: ReplayFormat | None = None):
+    def __init__(
+        self,
+        measurement: str,
+        source_tag: str,
+        fmt: ReplayFormat | None = None,
+        shards: int = 0,
+        shard_key: str = "auto",
+    ):
         fmt = fmt or ReplayFormat(measurement=measurement)
         tags = dict([(SOURCE_TAG, source_tag), *fmt.tags])  # the detector's filter wins over `source`
-        self.prefix = escape_measurement(measurement) + "".join(
-            f",{escape_key(key, 'tag key')}={escape_key(value, 'tag value')}"
-            for key, value in sorted(tags.items())
-        )
-        self.prefix += " "
+        self.prefix = self._prefix(measurement, tags)
+        # Sharded: one prefix per shard value; the series key (without `shard`) or the id picks one.
+        if shards:
+            check_shards(shards)
+            if shard_key not in SHARD_KEYS:
+                raise TickguardError(f"shard_key must be one of {', '.join(SHARD_KEYS)}, got {shard_key!r}")
+        self.shards = shards
+        self.shard_by_id = shard_key == "id" or (shard_key == "auto" and fmt.id_field is not None)
+        self.series_shard = shard_of(series_key(measurement, tags), shards) if shards else 0
+        self.shard_prefixes = [self._prefix(measurement, {**tags, SHARD_TAG: str(i)}) for i in range(shards)]
         # Field keys escaped once: every line repeats them.
         self.keys = [escape_key(name) for name in fmt.feature_fields]
         self.label_key = escape_key(fmt.label_field) if fmt.label_field else None
         self.txid_key = escape_key(fmt.id_field) if fmt.id_field else None
         self.extra_keys = [escape_key(name) for name in fmt.extra_fields]
         self.last_ns = 0
+
+    @staticmethod
+    def _prefix(measurement: str, tags: dict[str, str]) -> str:
+        return (
+            escape_measurement(measurement)
+            + "".join(
+                f",{escape_key(key, 'tag key')}={escape_key(value, 'tag value')}"
+                for key, value in sorted(tags.items())
+            )
+            + " "
+        )
+
+    def prefix_for(self, txid: str) -> str:
+        """The measurement and tags of a point with this id (its shard's, when sharded)."""
+        if not self.shards:
+            return self.prefix
+        shard = shard_of(txid, self.shards) if self.shard_by_id else self.series_shard
+        return self.shard_prefixes[shard]
 
     def next_timestamp(self) -> int:
         """Now in nanoseconds, bumped past the previous timestamp when the clock has not moved on."""
@@ -181,7 +219,7 @@ class LineEncoder:
         if self.txid_key is not None:
             fields += f',{self.txid_key}="{escape_string(txid)}"'
         ts = self.next_timestamp()
-        return f"{self.prefix}{fields} {ts}", ts
+        return f"{self.prefix_for(txid)}{fields} {ts}", ts
 
 
 def txid_for(index_value: object) -> str:
@@ -245,7 +283,7 @@ def replay(
     else:
         txids = [txid_for(i) for i in rows.index]
     extras = list(zip(*(rows[name].tolist() for name in fmt.extra_fields), strict=True)) or [()] * len(rows)
-    encoder = LineEncoder(fmt.measurement, plan.source_tag, fmt)
+    encoder = LineEncoder(fmt.measurement, plan.source_tag, fmt, plan.shards, plan.shard_key)
     order = row_order(len(rows), plan)
     report = ReplayReport()
     started = time.monotonic()
