@@ -23,7 +23,7 @@ InfluxDB forwards each write as it accepts it, so every scored point is timed, w
 Points in / out are counted by InfluxDB itself (count over the run's time range in `transactions` and
 `transactions_scored`). Peak RSS is sampled from /proc (the API = gunicorn master + workers).
 
-Alerting tasks (fraud_alert, anomaly_rate, scoring_errors, kapacitor_stats) are disabled so the three
+Alerting tasks (fraud_alert, fraud_anomaly_rate, fraud_scoring_errors, kapacitor_stats) are disabled so the three
 configurations run the same Kapacitor work (echo's points lack the fields they filter on); pass
 --with-alert-tasks to keep them. The machine's 2 cores run everything, this process included; the load
 average at the start of each configuration is recorded.
@@ -64,7 +64,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESULTS = RESULTS_DIR / "latest.json"
 SCRATCH = ROOT / "benchmarks" / ".scratch" / "e2e"
 DATABASE = "fraud"
-SIDE_TASKS = ("fraud_alert", "anomaly_rate", "scoring_errors", "kapacitor_stats")
+# fraud's alert tasks (tickguard.stack.deploy.task_ids) and the shared statistics task.
+SIDE_TASKS = ("fraud_alert", "fraud_anomaly_rate", "fraud_scoring_errors", "kapacitor_stats")
 CONFIGS = {
     "echo": {"TICKGUARD_UDF_MODE": "echo"},
     "tickguard": {"TICKGUARD_UDF_MODE": "score"},

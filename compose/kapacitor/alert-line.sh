@@ -1,8 +1,8 @@
 #!/bin/sh
-# Kapacitor alert handler (`.exec('/bin/sh', alert_line, alert_log)` in the TICKscripts): reads one alert
+# Kapacitor alert handler (`.exec('/bin/sh', alert_line, alert_log)` in the alert task templates): reads one alert
 # as Kapacitor's JSON on stdin and appends one human-readable line to the file named by $1, so the alert
 # log can be followed with `tail -f`:
-#   2026-12-02T06:59:01.52Z CRITICAL fraud_alert:tx231205  Suspected fraud: txid tx231205, amount 1, score 0.993
+#   2026-12-02T06:59:01.52Z CRITICAL fraud_alert:tx231205  fraud flagged: txid tx231205, Amount 1, score 0.993
 # The JSON records themselves go to alerts.json (the tasks' `.log()` handler). Every Kapacitor handler
 # emits JSON, and the official kapacitor image has neither jq nor Python: hence POSIX sh and sed, which
 # that image (Ubuntu) and local mode both have.

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Copy the TICKscripts into Kapacitor's load directory, then start Kapacitor through the image's own
-# entrypoint. A variable TICKVAR_<name> in the environment replaces the default of `var <name> = ...`
-# in every script that declares it (e.g. TICKVAR_warn_rate=0.02), so alert levels live in .env.
+# Copy the shared TICKscripts (kapacitor_stats) into Kapacitor's load directory, then start Kapacitor
+# through the image's own entrypoint. A variable TICKVAR_<name> in the environment replaces the default of
+# `var <name> = ...` in every script that declares it. Each detector's tasks (score and alerts) are not
+# files: compose's `deploy` job defines them from task templates over Kapacitor's HTTP API once it is up.
 set -eu
 src=/etc/tickguard/tasks
 dst=/var/lib/kapacitor/load/tasks

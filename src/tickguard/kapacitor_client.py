@@ -1,4 +1,4 @@
-"""A small client for Kapacitor's HTTP API (/kapacitor/v1): ping and task management from TICKscript."""
+"""A small client for Kapacitor's HTTP API (/kapacitor/v1): ping, tasks from TICKscript or from task templates."""
 
 from __future__ import annotations
 
@@ -25,6 +25,31 @@ class KapacitorError(TickguardError):
 
 class TaskNotFoundError(KapacitorError):
     """The task id does not exist on this Kapacitor."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A task template as Kapacitor reports it: its script (as Kapacitor formats it) and declared vars.
+
+    Kapacitor 1.7.6 does not list the tasks made from a template here: each task names its `template-id`.
+    """
+
+    id: str
+    type: str
+    script: str
+    vars: dict[str, Any]
+    error: str = ""
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Template:
+        """Build a Template from the JSON object of GET /kapacitor/v1/templates/ID."""
+        return cls(
+            id=body.get("id", ""),
+            type=body.get("type", ""),
+            script=body.get("script", ""),
+            vars=body.get("vars") or {},
+            error=body.get("error", "") or "",
+        )
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,29 @@ class KapacitorClient:
             response = self._request("POST", "/tasks", expect=(200,), json={"id": task_id, **body})
         return Task.from_json(response.json())
 
+    def define_task_from_template(
+        self,
+        task_id: str,
+        template_id: str,
+        *,
+        dbrps: Iterable[tuple[str, str] | str],
+        vars: dict[str, Any],
+        enabled: bool = True,
+    ) -> Task:
+        """Create the task from a template with typed `vars` ({"name": {"type": t, "value": v}}), or update
+        an existing task to that template, dbrps and vars; returns the task as Kapacitor has it."""
+        body: dict[str, Any] = {
+            "template-id": template_id,
+            "dbrps": _dbrps_json(dbrps),
+            "vars": vars,
+            "status": "enabled" if enabled else "disabled",
+        }
+        if self.task_exists(task_id):
+            response = self._request("PATCH", f"/tasks/{task_id}", expect=(200,), json=body)
+        else:
+            response = self._request("POST", "/tasks", expect=(200,), json={"id": task_id, **body})
+        return Task.from_json(response.json())
+
     def get_task(self, task_id: str) -> Task:
         """The task's status, executing flag, error, dbrps, script and stats; TaskNotFoundError if absent."""
         response = self._request("GET", f"/tasks/{task_id}", expect=(200,))
@@ -221,6 +269,31 @@ class KapacitorClient:
                 return False
             raise TaskNotFoundError(f"Kapacitor has no task {task_id!r}", status_code=404)
         self._request("DELETE", f"/tasks/{task_id}", expect=(204,))
+        return True
+
+    # -- templates -------------------------------------------------------------------------------------
+    def get_template(self, template_id: str) -> Template | None:
+        """The template, or None when Kapacitor has none with this id."""
+        try:
+            response = self._request("GET", f"/templates/{template_id}", expect=(200,))
+        except TaskNotFoundError:
+            return None
+        return Template.from_json(response.json())
+
+    def define_template(self, template_id: str, tickscript: str, *, task_type: str = "stream") -> Template:
+        """Create the template, or update its script (Kapacitor then reloads every task made from it)."""
+        body = {"type": task_type, "script": tickscript}
+        if self.get_template(template_id) is None:
+            response = self._request("POST", "/templates", expect=(200,), json={"id": template_id, **body})
+        else:
+            response = self._request("PATCH", f"/templates/{template_id}", expect=(200,), json=body)
+        return Template.from_json(response.json())
+
+    def delete_template(self, template_id: str) -> bool:
+        """Delete a template; False if it did not exist."""
+        if self.get_template(template_id) is None:
+            return False
+        self._request("DELETE", f"/templates/{template_id}", expect=(204,))
         return True
 
 

@@ -26,7 +26,10 @@ SECRET_KEYS = (
     "JUPYTER_TOKEN",
     "TICKGUARD_ADMIN_TOKEN",
 )
-EXPECTED_SERVICES = {"influxdb", "kapacitor", "chronograf", "grafana", "jupyter", "api", "udf", "generator"}
+EXPECTED_SERVICES = {
+    "influxdb", "kapacitor", "chronograf", "grafana", "jupyter", "api", "udf", "generator", "deploy",
+}  # fmt: skip
+JOBS = {"generator", "deploy"}  # run to completion: no healthcheck
 
 
 def env_example() -> dict[str, str]:
@@ -116,8 +119,9 @@ def test_env_example_has_no_secret_values() -> None:
 def test_image_tags_are_pinned_once_in_env_example(compose: dict) -> None:
     pairs = env_example()
     compose_text = COMPOSE_FILE.read_text()
+    built = {spec["image"] for spec in compose["services"].values() if "build" in spec}
     for service, spec in compose["services"].items():
-        if "build" in spec:
+        if "build" in spec or spec["image"] in built:  # built here (deploy runs the udf image)
             continue
         match = re.fullmatch(r"\$\{(\w+_IMAGE):\?.+\}", spec["image"])
         assert match, (
@@ -143,13 +147,38 @@ def test_every_published_port_binds_to_loopback(compose: dict) -> None:
 def test_services_have_healthchecks_and_wait_for_healthy_dependencies(compose: dict) -> None:
     services = compose["services"]
     for name, spec in services.items():
-        if name != "generator":  # a job, not a server
+        if name not in JOBS:
             assert "healthcheck" in spec, f"{name} has no healthcheck"
         for dependency, condition in (spec.get("depends_on") or {}).items():
+            if dependency in JOBS:
+                assert condition == {"condition": "service_completed_successfully"}, f"{name} -> {dependency}"
+                continue
             assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
             assert "healthcheck" in services[dependency]
     assert set(services["kapacitor"]["depends_on"]) == {"influxdb", "udf"}
     assert "api" in services["udf"]["depends_on"]
+
+
+def test_deploy_job_defines_the_detectors_tasks_before_the_generator_writes(compose: dict) -> None:
+    """`tickguard deploy` (udf image) runs once Kapacitor answers; the generator waits for it to finish."""
+    deploy = compose["services"]["deploy"]
+    assert deploy["image"] == compose["services"]["udf"]["image"]
+    assert deploy["command"][:2] == ["tickguard", "deploy"]
+    env = deploy["environment"]
+    assert env["TICKGUARD_KAPACITOR_URL"] == "http://kapacitor:9092"
+    assert env["TICKGUARD_DEPLOY_DETECTORS"].startswith("${DETECTORS:-fraud")
+    assert {"TICKVAR_warn_rate", "TICKVAR_crit_rate"} <= set(env)
+    mounts = dict(v.split(":")[:2] for v in deploy["volumes"])
+    assert mounts["../detectors"] == env["TICKGUARD_DETECTORS_DIR"]
+    assert deploy["depends_on"] == {"kapacitor": {"condition": "service_healthy"}}
+    assert compose["services"]["generator"]["depends_on"]["deploy"] == {
+        "condition": "service_completed_successfully"
+    }
+    # The InfluxDB init script reads the same detector files to create their databases.
+    influx_mounts = dict(v.split(":")[:2] for v in compose["services"]["influxdb"]["volumes"])
+    assert influx_mounts["../detectors"] == "/etc/tickguard/detectors"
+    init = (COMPOSE_DIR / "influxdb" / "init" / "10-tickguard.sh").read_text()
+    assert "${TICKGUARD_DETECTORS_DIR:-/etc/tickguard/detectors}" in init
 
 
 def test_influxdb_runs_with_authentication_and_named_volumes(compose: dict) -> None:
@@ -233,12 +262,12 @@ def test_each_built_service_has_its_own_image(compose: dict) -> None:
 
 def test_tickvar_substitution_matches_the_container_entrypoint(tmp_path: Path) -> None:
     """entrypoint.sh (sed) and tickguard.stack.tasks (Python) rewrite `var` lines the same way."""
-    script = COMPOSE_DIR / "kapacitor" / "tasks" / "anomaly_rate.tick"
-    copy = tmp_path / "anomaly_rate.tick"
-    copy.write_text(script.read_text())
+    script = "// levels\nvar warn_rate = 0.01\nvar crit_rate = 0.05\n\nstream\n    |from()\n"
+    copy = tmp_path / "levels.tick"
+    copy.write_text(script)
     sed = "s|^var warn_rate = .*|var warn_rate = 0.2|"
     subprocess.run(["sed", "-i", sed, str(copy)], check=True)
-    assert copy.read_text() == render_script(script.read_text(), {"warn_rate": "0.2"})
+    assert copy.read_text() == render_script(script, {"warn_rate": "0.2"})
     assert "var warn_rate = 0.2\n" in copy.read_text()
 
 

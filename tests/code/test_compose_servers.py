@@ -396,6 +396,62 @@ def test_influxd_config_applies_the_compose_environment(
     assert config["reporting-disabled"] is True
 
 
+@pytest.mark.tick
+def test_influxdb_init_creates_every_detectors_database_for_grafanas_read_only_user(
+    tick_binaries: TickBinaries, tmp_path: Path
+) -> None:
+    """compose/influxdb/init/10-tickguard.sh, run as the image runs it ($INFLUX_CMD logged in as the admin)
+    on a real influxd with authentication: every detector file's database exists, and the reader Grafana
+    uses can run every query of the dashboards and write nothing."""
+    import secrets
+
+    from tickguard.influx import InfluxClient, InfluxError
+    from tickguard.runtime import InfluxAuth, TickRuntime
+    from tickguard.stack import dashboards
+
+    require(tick_binaries.influx is not None, "the influx CLI is missing: run `make tick`")
+    admin = InfluxAuth("admin", secrets.token_hex(12))
+    reader_password = secrets.token_hex(12)
+    runtime = TickRuntime(tmp_path / "tick", binaries=tick_binaries, with_kapacitor=False, influx_auth=admin)
+    runtime.start()
+    try:
+        influx = runtime.influx
+        influx_cmd = shlex.join(
+            [str(tick_binaries.influx), "-host", influx.host, "-port", str(influx.port)]
+            + ["-username", admin.username, "-password", admin.password, "-execute"]
+        )
+        script = COMPOSE_DIR / "influxdb" / "init" / "10-tickguard.sh"
+        result = subprocess.run(
+            ["sh", "-c", f". {shlex.quote(str(script))}"],
+            env={
+                "PATH": os.environ["PATH"],
+                "INFLUX_CMD": influx_cmd,
+                "INFLUXDB_READER_USER": "reader",
+                "INFLUXDB_READER_PASSWORD": reader_password,
+                "TICKGUARD_DETECTORS_DIR": str(ROOT / "detectors"),  # compose mounts ../detectors there
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        specs = dashboards.bundled_detectors()
+        databases = {row["name"] for row in influx.client().select("SHOW DATABASES")}
+        assert {"chronograf", "_kapacitor", *(spec.source.database for spec in specs)} <= databases
+        reader = InfluxClient(
+            influx.url, username="reader", password=reader_password, timeout_s=10, retries=0
+        )
+        boards = [*(dashboards.detector_live(spec) for spec in specs), dashboards.pipeline_health(specs)]
+        for board in boards:
+            for title, query, _values in dashboards.check_panels(board, reader.select, "1s"):
+                assert isinstance(_values, int), (title, query)  # ran: no permission error raised
+        with pytest.raises(InfluxError):
+            reader.execute(f'CREATE DATABASE "{specs[0].source.database}_x"')
+    finally:
+        runtime.stop()
+
+
 # --- Versions: compose runs what the suite tests -------------------------------------------------------
 
 

@@ -22,7 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_projects_score_task_is_read_with_its_variables() -> None:
-    task = live_task("score", (ROOT / "compose/kapacitor/tasks/score.tick").read_text())
+    """fraud's score task as `tickguard deploy` defines it: the template's script plus the task's vars."""
+    from tickguard.detectors import load_detector
+    from tickguard.stack.deploy import SCORE_TEMPLATE, plan, read_templates
+
+    (score,) = [t for t in plan(load_detector("fraud")) if t.template_id == SCORE_TEMPLATE]
+    task_vars = {name: var["value"] for name, var in score.vars.items()}
+    task = live_task("score", read_templates()[SCORE_TEMPLATE], score.dbrps, task_vars=task_vars)
     assert (task.database, task.retention_policy) == ("fraud", "autogen")
     assert (task.source_measurement, task.output_measurement) == ("transactions", "transactions_scored")
     assert task.output_retention_policy == "autogen"

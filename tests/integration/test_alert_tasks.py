@@ -1,7 +1,8 @@
-"""The alert TICKscripts on the real kapacitord: one alert id per flagged transaction, and each alert as one
-human-readable line in the alert log plus one JSON record in alerts.json.
+"""fraud's per-point alert task (template tickguard_point_alert, vars from detectors/fraud.toml) on the real
+kapacitord: one alert id per flagged transaction, and each alert as one human-readable line in the alert log
+plus one JSON record in alerts.json.
 
-No UDF is needed: the alert tasks read transactions_scored, so the test writes scored points directly.
+No UDF is needed: the alert task reads transactions_scored, so the test writes scored points directly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests._wait import poll
-from tickguard.stack import tasks
+from tickguard.detectors import load_detector
+from tickguard.stack import deploy, tasks
 
 pytestmark = pytest.mark.tick
 
@@ -34,12 +36,16 @@ def scored_point(txid: str, amount: float, score: float, anomaly: bool, time_ns:
 
 @pytest.fixture
 def fraud_alert(tick_runtime, tmp_path: Path):
-    """tick_runtime with the fraud_alert task defined from its file, writing its alerts under tmp_path."""
+    """tick_runtime with fraud's alert task made from its template, writing its alerts under tmp_path."""
     outputs = {"log": tmp_path / "alerts.log", "json": tmp_path / "alerts.json"}
     overrides = {**tasks.alert_output_vars(outputs["log"], outputs["json"]), "group_idle": GROUP_IDLE}
-    script = tasks.render_script(tasks.read_scripts()["fraud_alert"], overrides)
+    planned = {t.task_id: t for t in deploy.plan(load_detector("fraud"), overrides)}["fraud_alert"]
     tick_runtime.create_database("fraud")
-    task = tick_runtime.kapacitor_client().define_task("fraud_alert", script, dbrps=[], enabled=True)
+    client = tick_runtime.kapacitor_client()
+    client.define_template(planned.template_id, deploy.read_templates()[planned.template_id])
+    task = client.define_task_from_template(
+        "fraud_alert", planned.template_id, dbrps=planned.dbrps, vars=planned.vars
+    )
     assert task.executing, task.error
     return tick_runtime, outputs
 
@@ -73,16 +79,17 @@ def test_each_flagged_transaction_is_its_own_alert_with_one_line_and_one_json_re
         assert row["duration"] == 0, row  # a fixed id would give the second alert a duration of 2 s
         assert row["level"] == "CRITICAL"
         assert row["alertID"] == f"fraud_alert:{row['txid']}"
-        assert f"txid {row['txid']}" in row["message"]
+        assert f"txid {row['txid']}" in row["message"] and row["message"].startswith("fraud flagged: ")
     tag_keys = {t["tagKey"] for t in runtime.influx.select('SHOW TAG KEYS FROM "alerts"', "chronograf")}
-    assert "alert_txid" not in tag_keys, "the grouping helper tag must not reach the alert history"
+    assert "alert_key" not in tag_keys, "the grouping helper tag must not reach the alert history"
+    assert {"alertName", "alertID", "level", "triggerType"} <= tag_keys
 
     lines = poll(lambda: _lines(outputs["log"], 2), 15, 0.25)
     parsed = sorted((LINE.match(line) for line in lines), key=lambda m: m and m["id"])
     assert all(parsed), f"not '<time> <level> <id>  <message>' lines:\n{lines}"
     assert [(m["level"], m["id"], m["message"]) for m in parsed] == [
-        ("CRITICAL", "fraud_alert:tx101", "Suspected fraud: txid tx101, amount 12.5, score 0.987"),
-        ("CRITICAL", "fraud_alert:tx202", "Suspected fraud: txid tx202, amount 480, score 0.951"),
+        ("CRITICAL", "fraud_alert:tx101", "fraud flagged: txid tx101, Amount 12.5, score 0.987"),
+        ("CRITICAL", "fraud_alert:tx202", "fraud flagged: txid tx202, Amount 480, score 0.951"),
     ]
 
     records = [json.loads(line) for line in poll(lambda: _lines(outputs["json"], 2), 15, 0.25)]

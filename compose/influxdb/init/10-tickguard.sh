@@ -1,11 +1,19 @@
 # Runs once, when the InfluxDB volume is first initialised (sourced by the image's init-influxdb.sh,
 # which provides $INFLUX_CMD logged in as the admin user).
-# Creates the databases the pipeline uses and a read-only user for Grafana.
+# Creates the databases the pipeline uses — every detector's (the `database` of each detector file in
+# /etc/tickguard/detectors, mounted from ../detectors), the alert history's and Kapacitor's statistics' —
+# and a read-only user for Grafana that may read all of them.
+# A detector added after the volume exists: `tickguard deploy` does not touch InfluxDB, so create its
+# database and grant the reader once by hand (README, "Your own data").
 set -e
-for db in fraud chronograf _kapacitor; do
+detectors_dir=${TICKGUARD_DETECTORS_DIR:-/etc/tickguard/detectors}
+detector_dbs=$(sed -n 's/^database[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$detectors_dir"/*.toml 2>/dev/null | sort -u)
+databases=$(printf '%s\n' fraud chronograf _kapacitor $detector_dbs | awk 'NF && !seen[$0]++')
+echo "tickguard: creating databases: $(echo $databases)"
+for db in $databases; do
   $INFLUX_CMD "CREATE DATABASE \"$db\""
 done
 $INFLUX_CMD "CREATE USER \"$INFLUXDB_READER_USER\" WITH PASSWORD '$INFLUXDB_READER_PASSWORD'"
-for db in fraud chronograf _kapacitor; do
+for db in $databases; do
   $INFLUX_CMD "GRANT READ ON \"$db\" TO \"$INFLUXDB_READER_USER\""
 done

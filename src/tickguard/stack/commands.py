@@ -1,10 +1,12 @@
-"""`tickguard generate` and `tickguard up --local`: the stack's command-line entry points."""
+"""`tickguard generate`, `tickguard up --local`, `tickguard deploy` and `tickguard undeploy`: the stack's
+command-line entry points."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 
 from tickguard.errors import TickguardError
 
@@ -87,6 +89,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--model", default="production", help="model version to serve (default %(default)s)")
     up.set_defaults(func=run_up, extras=("serve", "agent", "generate"))
 
+    kapacitor_url = os.environ.get("TICKGUARD_KAPACITOR_URL") or "http://127.0.0.1:9092"
+    dep = subparsers.add_parser(
+        "deploy",
+        help="define a detector's Kapacitor tasks (score, alert, anomaly rate, scoring errors) from templates",
+        description=(
+            "Define the detector's four tasks on a running Kapacitor through its HTTP API, from tickguard's "
+            "task templates and the detector file's values (tickguard.stack.deploy): score, a per-point "
+            "alert, the anomaly rate and scoring errors, alerting to the alert log and Chronograf's alert "
+            "history. Idempotent: what is already as planned is left running. TICKVAR_<var> in the "
+            "environment (or --var) overrides a template var, e.g. TICKVAR_warn_rate=0.02."
+        ),
+    )
+    dep.add_argument(
+        "--detector",
+        action="append",
+        dest="detectors",
+        metavar="NAME",
+        help="detector name or detectors/<name>.toml path (repeatable; default: the space-separated names "
+        "in $TICKGUARD_DEPLOY_DETECTORS, else fraud)",
+    )
+    dep.add_argument(
+        "--kapacitor-url", default=kapacitor_url, help="default $TICKGUARD_KAPACITOR_URL or %(default)s"
+    )
+    dep.add_argument(
+        "--var", action="append", default=[], metavar="NAME=VALUE",
+        help="override a template var with a TICKscript literal, e.g. --var warn_rate=0.02 (repeatable)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait this long for Kapacitor to answer first (compose starts it in parallel)",
+    )  # fmt: skip
+    dep.set_defaults(func=run_deploy, extras=("agent",))
+
+    undep = subparsers.add_parser(
+        "undeploy",
+        help="delete a detector's Kapacitor tasks",
+        description="Delete the detector's four tasks, and the templates no task uses any more.",
+    )
+    undep.add_argument("--detector", action="append", dest="detectors", metavar="NAME", required=True)
+    undep.add_argument(
+        "--kapacitor-url", default=kapacitor_url, help="default $TICKGUARD_KAPACITOR_URL or %(default)s"
+    )
+    undep.set_defaults(func=run_undeploy, extras=("agent",))
+
+    dash = subparsers.add_parser(
+        "dashboards",
+        help="write a detector's Grafana dashboard; with --influx-url, show what each panel's query returns",
+        description=(
+            "Write the detector's live dashboard (<name>-live.json, generated from its detector file by "
+            "tickguard.stack.dashboards) into --out, the folder compose's Grafana provisions from. With "
+            "--influx-url, also run every panel query as Grafana would over the last 15 minutes and print how "
+            "many values each returns (a check without Grafana, e.g. against `up --local`)."
+        ),
+    )
+    dash.add_argument("--detector", action="append", dest="detectors", metavar="NAME", required=True)
+    dash.add_argument("--out", help="default: <repo>/grafana/dashboards")
+    dash.add_argument("--influx-url", help="an InfluxDB to run the panel queries against")
+    dash.set_defaults(func=run_dashboards)
+
 
 def run_generate(args: argparse.Namespace) -> int:
     """Replay holdout rows as configured on the command line."""
@@ -165,3 +226,67 @@ def run_up(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         model=args.model,
     )
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """Deploy each detector's tasks and print them."""
+    from tickguard.detectors import load_detector
+    from tickguard.kapacitor_client import KapacitorClient
+    from tickguard.stack.deploy import default_overrides, deploy, parse_var_options
+
+    names = args.detectors or (os.environ.get("TICKGUARD_DEPLOY_DETECTORS") or "fraud").split()
+    specs = [load_detector(name) for name in dict.fromkeys(names)]
+    overrides = {**default_overrides(), **parse_var_options(args.var)}
+    client = KapacitorClient(args.kapacitor_url)
+    if args.wait > 0:
+        client.wait_until_up(args.wait)
+    for spec in specs:
+        for task in deploy(client, spec, overrides):
+            state = "executing" if task.executing else f"NOT executing: {task.error}"
+            print(f"deploy: {spec.name}: task {task.id} (template {task.raw.get('template-id')}) {state}")
+    return 0
+
+
+def run_undeploy(args: argparse.Namespace) -> int:
+    """Delete each detector's tasks."""
+    from tickguard.detectors import load_detector
+    from tickguard.detectors.spec import NAME_PATTERN
+    from tickguard.kapacitor_client import KapacitorClient
+    from tickguard.stack.deploy import undeploy
+
+    client = KapacitorClient(args.kapacitor_url)
+    for name in dict.fromkeys(args.detectors):
+        # A bare name needs no detector file: its tasks can go after the file did.
+        detector = name if NAME_PATTERN.fullmatch(name) else load_detector(name).name
+        deleted = undeploy(client, detector)
+        print(f"undeploy: {detector}: deleted {', '.join(deleted) or 'nothing (no tasks)'}")
+    return 0
+
+
+def run_dashboards(args: argparse.Namespace) -> int:
+    """Write each detector's live dashboard; optionally show what its panel queries return."""
+    from pathlib import Path
+
+    from tickguard.detectors import load_detector
+    from tickguard.stack import dashboards
+    from tickguard.stack.tasks import repo_root
+
+    out = Path(args.out) if args.out else repo_root() / "grafana" / "dashboards"
+    empty = 0
+    for name in dict.fromkeys(args.detectors):
+        spec = load_detector(name)
+        path = dashboards.write_live(out, spec)
+        print(f"dashboards: {spec.name}: wrote {path} (Grafana: /d/{dashboards.live_uid(spec.name)})")
+        if not args.influx_url:
+            continue
+        from dataclasses import replace
+
+        from tickguard.influx import InfluxClient
+        from tickguard.stack.config import influx_settings
+
+        with InfluxClient.from_settings(replace(influx_settings(), url=args.influx_url)) as client:
+            board = dashboards.detector_live(spec)
+            for title, _query, values in dashboards.check_panels(board, client.select, "1s"):
+                empty += values == 0
+                print(f"  {title:<32} {values:>6} values" + ("   <- EMPTY" if values == 0 else ""))
+    return 1 if empty else 0

@@ -2,7 +2,22 @@
 
 `python -m tickguard.stack.dashboards` rewrites grafana/dashboards/*.json; a test checks the committed
 files equal what this module builds. All queries are InfluxQL against the provisioned InfluxDB 1.8
-datasource, referenced by its fixed uid.
+datasource, referenced by its fixed uid, and name their database and retention policy in full, so one
+datasource serves every detector.
+
+One live dashboard per detector, generated from its detector file (`<name>-live.json`, uid
+`tickguard-<name>-live`), rather than one dashboard with a `detector` template variable. Why: what a
+panel reads differs per detector in more than one value — database, retention policy, source and scored
+measurements, the flag's name, the id and display columns of the flagged-points table, and whether
+there is a label at all. A variable would need a hidden, hand-kept variable for each of those, kept in
+step in Grafana's UI, and a table's columns cannot follow a variable; a detector without a label would
+still show empty precision panels. Generated, each panel's query is exact and tested against the live
+stack, the detector file stays the one place to edit, and a label-based panel of an unlabelled detector
+is generated as the words "no label". Every detector file in the repository's detectors/ gets its
+committed dashboard (DASHBOARDS); a detector kept elsewhere gets its own with
+`python -m tickguard.stack.dashboards --detector NAME --out DIR` (or `tickguard deploy --dashboards DIR`)
+into a folder Grafana's file provider reads. *Pipeline health* is one dashboard for all detectors: it
+reads Kapacitor's statistics of every tickguard task, tagged with the task ids that name the detectors.
 """
 
 from __future__ import annotations
@@ -10,27 +25,31 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tickguard.agent.schema import CONFUSION, FLAG_FIELD, LATENCY_MS, SCORE_FIELD
+from tickguard.agent.schema import CONFUSION, LATENCY_MS
 from tickguard.agent.schema import SCORED as SCORED_FIELD
-from tickguard.influx import quote_ident
+from tickguard.influx import qualified, quote_ident
+
+if TYPE_CHECKING:
+    from tickguard.detectors.spec import DetectorSpec
 
 DATASOURCE_UID = "tickguard-influxdb"
 DATASOURCE = {"type": "influxdb", "uid": DATASOURCE_UID}
-LIVE_UID = "tickguard-fraud-live"
 HEALTH_UID = "tickguard-pipeline-health"
 TIME_RANGE = {"from": "now-15m", "to": "now"}
 REFRESH = "5s"
 SCHEMA_VERSION = 39
 
-SCORED = '"fraud"."autogen"."transactions_scored"'
-INCOMING = '"fraud"."autogen"."transactions"'
 KAPACITOR = '"_kapacitor"."autogen"'
 ALERTS = '"chronograf"."autogen"."alerts"'
-OUR_TASKS = "/^(score|fraud_alert|anomaly_rate|scoring_errors)$/"
+# Every detector's tasks (tickguard.stack.deploy.task_ids): score / score_<name>, <name>_alert, ...
+OUR_TASKS = "/^(score|score_.+|.+_alert|.+_anomaly_rate|.+_scoring_errors)$/"
+SCORE_TASKS = "/^score(_.+)?$/"
+# Kapacitor's own databases: not a detector's points.
+NOT_DETECTOR_DATABASES = "/^(_kapacitor|_internal|chronograf)$/"
 # The scored point's fields (tickguard.agent.schema), quoted for InfluxQL.
-SCORE, FLAG, IS_SCORED, LATENCY = map(quote_ident, (SCORE_FIELD, FLAG_FIELD, SCORED_FIELD, LATENCY_MS))
+IS_SCORED, LATENCY = map(quote_ident, (SCORED_FIELD, LATENCY_MS))
 TP, FP, FN, TN = map(quote_ident, CONFUSION)
 
 
@@ -113,101 +132,186 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
         "timepicker": {},
         "templating": {"list": []},
         "annotations": {"list": []},
+        # Every tickguard dashboard, wherever it was generated from, is one click away (Grafana's tag links).
         "links": [
-            {"title": "Fraud detection — live", "type": "link", "url": f"/d/{LIVE_UID}"},
-            {"title": "Pipeline health", "type": "link", "url": f"/d/{HEALTH_UID}"},
+            {
+                "title": "tickguard dashboards",
+                "type": "dashboards",
+                "tags": ["tickguard"],
+                "asDropdown": True,
+                "includeVars": False,
+                "keepTime": True,
+            }
         ],
         "panels": panels,
     }
 
 
-def fraud_live() -> dict:
-    """Fraud detection — live: what the model sees and how well it does, from transactions_scored."""
+def live_uid(detector: str) -> str:
+    """The uid of a detector's live dashboard: /d/tickguard-<name>-live."""
+    return f"tickguard-{detector}-live"
+
+
+def live_file(detector: str) -> str:
+    """The file name of a detector's live dashboard."""
+    return f"{detector}-live.json"
+
+
+def live_title(detector: str) -> str:
+    """`Fraud detection — live`, `Shuttle detection — live`, ..."""
+    return f"{detector[:1].upper()}{detector[1:]} detection — live"
+
+
+def _no_label_panel(lay: Layout, title: str, width: int, height: int, detector: str) -> dict[str, Any]:
+    """What a label-based panel shows for a detector without a label: the words "no label", no query."""
+    panel = lay.panel(
+        "text",
+        title,
+        [],
+        width,
+        height,
+        f"Detector {detector} has no [label]: live precision, recall and confusion counts need one.",
+        options={"mode": "markdown", "content": f"## no label\n\nDetector `{detector}` has no `[label]`."},
+    )
+    del panel["datasource"], panel["fieldConfig"]
+    return panel
+
+
+def detector_live(spec: DetectorSpec) -> dict:
+    """<Name> detection — live: what the model sees and how well it does, from the detector's scored points.
+
+    Everything a panel reads comes from the detector file and tickguard.agent.schema: the databases and
+    measurements, the flag's name, the id and display fields of the flagged-points table; the label-based
+    panels read the tp/fp/fn/tn the agent derives from the label, or say "no label" without one.
+    """
+    from tickguard.agent.schema import schema_for
+
+    schema = schema_for(spec)
+    source = spec.source
+    scored = qualified(schema.measurement, source.database, source.retention_policy)
+    incoming = qualified(source.measurement, source.database, source.retention_policy)
+    score, flag = quote_ident(schema.score_field), quote_ident(schema.flag_field)
+    shown = [name for name in (spec.output.id_field, *spec.output.display_fields) if name]
+    columns = ", ".join([*map(quote_ident, shown), score])
+    # Incoming points: a count needs a field every source point has; the first feature is read by the model.
+    any_input = quote_ident(spec.feature_fields[0])
+    name = spec.name
     lay = Layout()
     timeseries = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
     stat = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "colorMode": "value"}
     panels = [
         lay.panel(
             "timeseries",
-            "Incoming and scored transactions",
+            "Incoming and scored points",
             [
                 target(
                     "A",
-                    f'SELECT count("Amount") / ($__interval_ms / 1000) FROM {INCOMING} '
+                    f"SELECT count({any_input}) / ($__interval_ms / 1000) FROM {incoming} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "incoming",
                 ),
                 target(
                     "B",
-                    f"SELECT count({SCORE}) / ($__interval_ms / 1000) FROM {SCORED} "
+                    f"SELECT count({score}) / ($__interval_ms / 1000) FROM {scored} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "scored",
                 ),
             ],
             12,
             8,
-            "Points per second written by the generator (transactions) and by Kapacitor's score task.",
+            f"Points per second written to {source.measurement} and by Kapacitor's score task.",
             unit="reqps",
             options=timeseries,
         ),
-        lay.panel(
-            "timeseries",
-            "Anomaly rate",
-            [
-                target(
-                    "A",
-                    f"SELECT (sum({TP}) + sum({FP})) / count({SCORE}) FROM {SCORED} "
-                    "WHERE $timeFilter GROUP BY time($__interval)",
-                    "flagged share",
-                )
-            ],
-            12,
-            8,
-            "Share of scored transactions the model flags (the anomaly_rate alert watches the same).",
-            unit="percentunit",
-            options=timeseries,
-        ),
-        lay.panel(
-            "stat",
-            "Live precision / recall / F1",
-            [
-                target(
-                    "A",
-                    f'SELECT sum({TP}) / (sum({TP}) + sum({FP})) AS "precision", '
-                    f'sum({TP}) / (sum({TP}) + sum({FN})) AS "recall", '
-                    f'2 * sum({TP}) / (2 * sum({TP}) + sum({FP}) + sum({FN})) AS "F1" '
-                    f"FROM {SCORED} WHERE $timeFilter",
-                )
-            ],
-            8,
-            6,
-            "From the tp/fp/fn counts the UDF derives from the ground-truth label Class, over the time range.",
-            unit="percentunit",
-            options=stat,
-            extra_defaults={"decimals": 3, "min": 0, "max": 1},
-        ),
-        lay.panel(
-            "stat",
-            "Confusion counts",
-            [
-                target(
-                    "A",
-                    f'SELECT sum({TP}) AS "TP", sum({FP}) AS "FP", sum({FN}) AS "FN", sum({TN}) AS "TN" '
-                    f"FROM {SCORED} WHERE $timeFilter",
-                )
-            ],
-            8,
-            6,
-            "True/false positives and negatives over the time range.",
-            options=stat,
-        ),
+    ]
+    # The flagged share needs two counts (InfluxQL cannot average a boolean): flagged and scored points per
+    # interval, divided by Grafana's binary calculation. It reads the model's flag, so it works unlabelled.
+    rate = lay.panel(
+        "timeseries",
+        "Anomaly rate",
+        [
+            target(
+                "A",
+                f"SELECT count({score}) FROM {scored} WHERE $timeFilter AND {flag} = true "
+                "GROUP BY time($__interval) fill(0)",
+                "flagged",
+            ),
+            target(
+                "B",
+                f"SELECT count({score}) FROM {scored} WHERE $timeFilter GROUP BY time($__interval) fill(0)",
+                "scored",
+            ),
+        ],
+        12,
+        8,
+        f"Share of scored points the model flags ({name}_anomaly_rate alerts on the same share).",
+        unit="percentunit",
+        options=timeseries,
+    )
+    # The two queries are two frames: joined on time first, then divided row by row.
+    rate["transformations"] = [
+        {"id": "joinByField", "options": {"byField": "Time", "mode": "outer"}},
+        {
+            "id": "calculateField",
+            "options": {
+                "mode": "binary",
+                "binary": {"left": "flagged", "operator": "/", "right": "scored"},
+                "alias": "flagged share",
+                "replaceFields": True,
+            },
+        },
+    ]
+    panels.append(rate)
+    if schema.label_field:
+        panels += [
+            lay.panel(
+                "stat",
+                "Live precision / recall / F1",
+                [
+                    target(
+                        "A",
+                        f'SELECT sum({TP}) / (sum({TP}) + sum({FP})) AS "precision", '
+                        f'sum({TP}) / (sum({TP}) + sum({FN})) AS "recall", '
+                        f'2 * sum({TP}) / (2 * sum({TP}) + sum({FP}) + sum({FN})) AS "F1" '
+                        f"FROM {scored} WHERE $timeFilter",
+                    )
+                ],
+                8,
+                6,
+                f"From the tp/fp/fn counts the UDF derives from the label {schema.label_field}, over the range.",
+                unit="percentunit",
+                options=stat,
+                extra_defaults={"decimals": 3, "min": 0, "max": 1},
+            ),
+            lay.panel(
+                "stat",
+                "Confusion counts",
+                [
+                    target(
+                        "A",
+                        f'SELECT sum({TP}) AS "TP", sum({FP}) AS "FP", sum({FN}) AS "FN", sum({TN}) AS "TN" '
+                        f"FROM {scored} WHERE $timeFilter",
+                    )
+                ],
+                8,
+                6,
+                "True/false positives and negatives over the time range.",
+                options=stat,
+            ),
+        ]
+    else:
+        panels += [
+            _no_label_panel(lay, "Live precision / recall / F1", 8, 6, name),
+            _no_label_panel(lay, "Confusion counts", 8, 6, name),
+        ]
+    panels += [
         lay.panel(
             "timeseries",
             "Unscored points",
             [
                 target(
                     "A",
-                    f"SELECT count({LATENCY}) - count({SCORE}) FROM {SCORED} "
+                    f"SELECT count({LATENCY}) - count({score}) FROM {scored} "
                     "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
                     "unscored",
                 )
@@ -219,18 +323,18 @@ def fraud_live() -> dict:
         ),
         lay.panel(
             "table",
-            "Flagged transactions",
+            "Flagged points",
             [
                 target(
                     "A",
-                    f'SELECT "txid", "Amount", {SCORE} FROM {SCORED} '
-                    f"WHERE {FLAG} = true AND $timeFilter ORDER BY time DESC LIMIT 200",
+                    f"SELECT {columns} FROM {scored} "
+                    f"WHERE {flag} = true AND $timeFilter ORDER BY time DESC LIMIT 200",
                     fmt="table",
                 )
             ],
             12,
             10,
-            "The latest transactions the model flags (each also raised a fraud_alert in Kapacitor).",
+            f"The latest points the model flags (each also raised a {name}_alert alert in Kapacitor).",
             options={"showHeader": True, "sortBy": [{"displayName": "Time", "desc": True}]},
         ),
         lay.panel(
@@ -239,14 +343,14 @@ def fraud_live() -> dict:
             [
                 target(
                     "A",
-                    f"SELECT {SCORE} FROM {SCORED} WHERE $timeFilter AND {IS_SCORED} = true "
+                    f"SELECT {score} FROM {scored} WHERE $timeFilter AND {IS_SCORED} = true "
                     "ORDER BY time DESC LIMIT 20000",
                     "score",
                 )
             ],
             12,
             10,
-            "Fraud scores of the latest (at most 20 000) scored transactions.",
+            "Scores of the latest (at most 20 000) scored points.",
             options={"bucketSize": 0.02, "bucketOffset": 0, "combine": False},
         ),
         lay.panel(
@@ -256,7 +360,7 @@ def fraud_live() -> dict:
                 target(
                     "A",
                     f'SELECT percentile({LATENCY}, 50) AS "p50", percentile({LATENCY}, 99) AS "p99" '
-                    f"FROM {SCORED} WHERE $timeFilter GROUP BY time($__interval)",
+                    f"FROM {scored} WHERE $timeFilter GROUP BY time($__interval)",
                     "$col",
                 )
             ],
@@ -269,16 +373,24 @@ def fraud_live() -> dict:
         ),
     ]
     return dashboard(
-        LIVE_UID,
-        "Fraud detection — live",
-        "Live scoring of replayed credit-card transactions by the tickguard model.",
+        live_uid(name),
+        live_title(name),
+        spec.description or f"Live scoring of {source.database}.{source.measurement} by detector {name}.",
         panels,
-        ["fraud"],
+        [name],
     )
 
 
-def pipeline_health() -> dict:
-    """Pipeline health: Kapacitor's own statistics (_kapacitor) and the scoring throughput."""
+def pipeline_health(detectors: list[DetectorSpec] | None = None) -> dict:
+    """Pipeline health: Kapacitor's own statistics (_kapacitor) for every tickguard task, and the scoring
+    throughput and latency of each of `detectors` (default: the repository's)."""
+    from tickguard.agent.schema import schema_for
+
+    scored_series = []
+    for spec in bundled_detectors() if detectors is None else detectors:
+        schema = schema_for(spec)
+        where = qualified(schema.measurement, spec.source.database, spec.source.retention_policy)
+        scored_series.append((spec.name, where, quote_ident(schema.score_field)))
     lay = Layout()
     timeseries = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
     stats_interval = "10s"  # Kapacitor writes its statistics every 10 s ([stats] stats-interval)
@@ -290,13 +402,14 @@ def pipeline_health() -> dict:
                 target(
                     "A",
                     f'SELECT non_negative_derivative(max("points_received"), 1s) FROM {KAPACITOR}."ingress" '
-                    'WHERE $timeFilter AND "database" = \'fraud\' GROUP BY time($__interval), "measurement"',
-                    "$tag_measurement",
+                    f'WHERE $timeFilter AND "database" !~ {NOT_DETECTOR_DATABASES} '
+                    'GROUP BY time($__interval), "database", "measurement"',
+                    "$tag_database.$tag_measurement",
                 )
             ],
             12,
             8,
-            "Points InfluxDB forwards to Kapacitor through its subscription, per measurement.",
+            "Points InfluxDB forwards to Kapacitor through its subscription, per database and measurement.",
             unit="reqps",
             options=timeseries,
             interval=stats_interval,
@@ -344,21 +457,21 @@ def pipeline_health() -> dict:
                 target(
                     "A",
                     f'SELECT non_negative_derivative(max("collected"), 1s) FROM {KAPACITOR}."edges" '
-                    'WHERE $timeFilter AND "task" = \'score\' AND "child" =~ /^tickguard/ '
-                    'GROUP BY time($__interval), "child"',
-                    "into UDF",
+                    f'WHERE $timeFilter AND "task" =~ {SCORE_TASKS} AND "child" =~ /^tickguard/ '
+                    'GROUP BY time($__interval), "task"',
+                    "$tag_task: into UDF",
                 ),
                 target(
                     "B",
                     f'SELECT non_negative_derivative(max("collected"), 1s) FROM {KAPACITOR}."edges" '
-                    'WHERE $timeFilter AND "task" = \'score\' AND "parent" =~ /^tickguard/ '
-                    'GROUP BY time($__interval), "parent"',
-                    "out of UDF",
+                    f'WHERE $timeFilter AND "task" =~ {SCORE_TASKS} AND "parent" =~ /^tickguard/ '
+                    'GROUP BY time($__interval), "task"',
+                    "$tag_task: out of UDF",
                 ),
             ],
             12,
             8,
-            "Points entering and leaving the tickguard UDF node of the score task.",
+            "Points entering and leaving the tickguard UDF node of each detector's score task.",
             unit="reqps",
             options=timeseries,
             interval=stats_interval,
@@ -368,21 +481,18 @@ def pipeline_health() -> dict:
             "Scoring throughput (API side, points/s)",
             [
                 target(
-                    "A",
-                    f"SELECT count({SCORE}) / ($__interval_ms / 1000) FROM {SCORED} "
-                    "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
-                    "scored by the API",
-                ),
-                target(
-                    "B",
-                    f"SELECT (count({LATENCY}) - count({SCORE})) / ($__interval_ms / 1000) FROM {SCORED} "
-                    "WHERE $timeFilter GROUP BY time($__interval) fill(0)",
-                    "unscored",
-                ),
+                    ref,
+                    f'SELECT count({score}) / ($__interval_ms / 1000) AS "scored", '
+                    f'(count({LATENCY}) - count({score})) / ($__interval_ms / 1000) AS "unscored" '
+                    f"FROM {scored} WHERE $timeFilter GROUP BY time($__interval) fill(0)",
+                    f"{name} $col",
+                )
+                for ref, (name, scored, score) in zip(REFS, scored_series, strict=False)
             ],
             12,
             8,
-            "Points the REST model service scored (derived from transactions_scored; no Prometheus needed).",
+            "Points the REST model service scored and left unscored, per detector (from each detector's "
+            "scored measurement; no Prometheus needed).",
             unit="reqps",
             options=timeseries,
             interval=stats_interval,
@@ -392,15 +502,16 @@ def pipeline_health() -> dict:
             "Scoring latency (mean / p99, ms)",
             [
                 target(
-                    "A",
-                    f'SELECT mean({LATENCY}) AS "mean", percentile({LATENCY}, 99) AS "p99" FROM {SCORED} '
+                    ref,
+                    f'SELECT mean({LATENCY}) AS "mean", percentile({LATENCY}, 99) AS "p99" FROM {scored} '
                     "WHERE $timeFilter GROUP BY time($__interval)",
-                    "$col",
+                    f"{name} $col",
                 )
+                for ref, (name, scored, _score) in zip(REFS, scored_series, strict=False)
             ],
             12,
             8,
-            "Time points spend in the UDF, REST call included.",
+            "Time points spend in the UDF, REST call included, per detector.",
             unit="ms",
             options=timeseries,
             interval=stats_interval,
@@ -445,7 +556,32 @@ def pipeline_health() -> dict:
     )
 
 
-DASHBOARDS = {"fraud-live.json": fraud_live, "pipeline-health.json": pipeline_health}
+REFS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # Grafana's target refIds
+
+
+def bundled_detectors() -> list[DetectorSpec]:
+    """The detector files of the repository's detectors/ folder (not $TICKGUARD_DETECTORS_DIR's)."""
+    from tickguard.detectors.spec import load_detector_file, project_detectors_dir
+
+    return [load_detector_file(path) for path in sorted(project_detectors_dir().glob("*.toml"))]
+
+
+def _live_builder(spec: DetectorSpec):
+    def build() -> dict:
+        return detector_live(spec)
+
+    build.__name__ = f"{spec.name}_live"
+    return build
+
+
+def committed_dashboards(specs: list[DetectorSpec] | None = None) -> dict[str, Any]:
+    """File name -> builder of every committed dashboard: one live dashboard per bundled detector (or per
+    one of `specs`), and Pipeline health."""
+    specs = bundled_detectors() if specs is None else specs
+    boards: dict[str, Any] = {live_file(spec.name): _live_builder(spec) for spec in specs}
+    boards["pipeline-health.json"] = lambda: pipeline_health(specs)
+    return boards
+
 
 # Grafana's interval rounding (kbn.roundInterval): (upper bound of the raw interval, rounded interval), ms.
 _ROUNDING = (
@@ -505,16 +641,41 @@ def panel_queries(board: dict, start_ms: int, end_ms: int, datasource_min_interv
             yield panel["title"], interpolate(target["query"], start_ms, end_ms, interval)
 
 
+def check_panels(board: dict, query, min_interval: str | None = None) -> list[tuple[str, str, int]]:
+    """(panel title, interpolated query, number of non-null values) for every target of `board` over its
+    default range (the last 15 minutes), run through `query(influxql) -> rows`; what Grafana would show."""
+    import time
+
+    end_ms = int(time.time() * 1000)
+    start_ms = end_ms - 15 * 60 * 1000
+    results = []
+    for title, influxql in panel_queries(board, start_ms, end_ms, min_interval):
+        rows = query(influxql)
+        values = sum(1 for row in rows for key, value in row.items() if key != "time" and value is not None)
+        results.append((title, influxql, values))
+    return results
+
+
 def render(builder) -> str:
     """Dashboard JSON exactly as committed (sorted keys are not used: Grafana keeps panel order)."""
     return json.dumps(builder(), indent=2, ensure_ascii=False) + "\n"
 
 
 def write_all(directory: Path) -> list[Path]:
-    """Write every dashboard into `directory`; returns the paths written."""
+    """Write every committed dashboard into `directory`; returns the paths written."""
+    return _write(directory, committed_dashboards())
+
+
+def write_live(directory: Path, spec: DetectorSpec) -> Path:
+    """Write a detector's live dashboard into `directory` (e.g. a folder Grafana provisions from)."""
+    (path,) = _write(directory, {live_file(spec.name): _live_builder(spec)})
+    return path
+
+
+def _write(directory: Path, builders: dict[str, Any]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, builder in DASHBOARDS.items():
+    for name, builder in builders.items():
         path = directory / name
         path.write_text(render(builder), encoding="utf-8")
         written.append(path)
@@ -522,12 +683,27 @@ def write_all(directory: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite the committed dashboard files."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Rewrite the committed dashboard files, or write given detectors' live dashboards."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     default_dir = Path(__file__).resolve().parents[3] / "grafana" / "dashboards"
     parser.add_argument("--out", type=Path, default=default_dir, help="default %(default)s")
+    parser.add_argument(
+        "--detector",
+        action="append",
+        dest="detectors",
+        metavar="NAME",
+        help="write only this detector's live dashboard (name or .toml path; repeatable)",
+    )
     args = parser.parse_args(argv)
-    for path in write_all(args.out):
+    if args.detectors:
+        from tickguard.detectors import load_detector
+
+        written = [write_live(args.out, load_detector(name)) for name in args.detectors]
+    else:
+        written = write_all(args.out)
+    for path in written:
         print(f"wrote {path}")
     return 0
 

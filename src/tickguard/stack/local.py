@@ -2,14 +2,15 @@
 
 Starts, in order, the REST model service (`tickguard serve`), the socket UDF agent (`tickguard udf`),
 then the native influxd + kapacitord from `make tick` (tickguard.runtime) with Kapacitor loading the
-same TICKscripts as compose (load directory), and finally the holdout generator. Ctrl-C stops them all
-in reverse order. Grafana and Chronograf are not part of local mode (they only run as their official
-images under Docker); point them at the printed URLs if you have them.
+same shared TICKscripts as compose (load directory), deploys each detector's tasks from the task
+templates (`tickguard deploy`, tickguard.stack.deploy), and finally starts the holdout generator. Ctrl-C
+stops them all in reverse order. Grafana and Chronograf are not part of local mode (they only run as their
+official images under Docker); point them at the printed URLs if you have them.
 
 Several detectors run at once (`--detector fraud --detector shuttle`): one service serves their
-production models, one agent scores for all, and one Kapacitor runs fraud's tasks plus a score task per
-other detector rendered from its file (tickguard.stack.tasks); the generator replays each detector's
-holdout into its own source measurement.
+production models, one agent scores for all, and one Kapacitor runs each detector's four tasks (score,
+per-point alert, anomaly rate, scoring errors); the generator replays each detector's holdout into its
+own source measurement.
 
 `LocalStack` is also what the end-to-end test and notebook 06 use.
 """
@@ -145,7 +146,10 @@ class LocalStack:
         if not self.detectors:
             raise TickguardError("the local stack needs at least one detector")
         self.workdir = Path(workdir).resolve()
-        self.models_dir = Path(models_dir) if models_dir else stack_tasks.repo_root() / "models"
+        # Where `tickguard train` and `serve` put and find models: $TICKGUARD_MODELS_DIR or <repo>/models.
+        self.models_dir = Path(
+            models_dir or os.environ.get("TICKGUARD_MODELS_DIR") or stack_tasks.repo_root() / "models"
+        )
         self.model = model
         self.task_vars = dict(task_vars or {})
         self.api_workers = api_workers
@@ -230,7 +234,7 @@ class LocalStack:
                 **stack_tasks.vars_from_env(),
                 **self.task_vars,
             }
-            stack_tasks.write_load_dir(self.load_dir, overrides, tuple(self.detectors))
+            stack_tasks.write_load_dir(self.load_dir, overrides)
             self.alert_log.touch()  # `tail -f` works before the first alert
             tick_dir = self.workdir / "tick"
             shutil.rmtree(tick_dir, ignore_errors=True)  # fresh servers: no stale tasks or subscriptions
@@ -252,6 +256,7 @@ class LocalStack:
                 [DATABASE, *(spec.source.database for spec in self.detectors.values())]
             ):
                 self.runtime.create_database(database)
+            self.deploy(overrides)
             self._wait_for_tasks()
             self._start_supervisor()
             if self.with_watchdog:
@@ -345,6 +350,14 @@ class LocalStack:
         self._supervisor = threading.Thread(target=supervise, name="tick-supervisor", daemon=True)
         self._supervisor.start()
 
+    def deploy(self, overrides: dict[str, str] | None = None) -> None:
+        """`tickguard deploy` for every detector of the stack: its tasks from the templates, over HTTP."""
+        from tickguard.stack.deploy import deploy
+
+        client = self._runtime().kapacitor_client()
+        for spec in self.detectors.values():
+            deploy(client, spec, overrides)
+
     def _wait_for_tasks(self, timeout: float = 30.0) -> None:
         """Wait until Kapacitor has loaded and enabled every task from the load directory."""
         client = self._runtime().kapacitor_client()
@@ -396,8 +409,10 @@ class LocalStack:
 
     # -- looking at the data --------------------------------------------------------------------------
     def task_ids(self) -> tuple[str, ...]:
-        """The Kapacitor tasks this stack runs (fraud's keep their ids; others are score_<name>)."""
-        return tuple(stack_tasks.detector_scripts(tuple(self.detectors)))
+        """The Kapacitor tasks this stack runs: each detector's (tickguard.stack.deploy) and the shared ones."""
+        from tickguard.stack.deploy import task_ids
+
+        return (*(t for name in self.detectors for t in task_ids(name)), *stack_tasks.SHARED_TASK_IDS)
 
     def query(self, influxql: str, database: str = DATABASE) -> list[dict]:
         """Rows of an InfluxQL query as dicts (column -> value)."""
