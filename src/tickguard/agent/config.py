@@ -67,6 +67,7 @@ class AgentSettings:
     influx_username: str = ""
     influx_password: str = ""
     window_history: bool = True  # TICKGUARD_UDF_WINDOW_HISTORY=false: never read history, always warm up
+    write_features: bool = False  # TICKGUARD_UDF_WRITE_FEATURES=true: as .writeFeatures(TRUE) in every task
 
 
 def _env(env: dict, name: str, default: str) -> str:
@@ -78,6 +79,11 @@ def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
     """The variable when set, even to '' (which means "none"); `default` only when it is unset."""
     value = env.get(name)
     return default if value is None else value.strip()
+
+
+def write_features_setting(env: Mapping[str, str]) -> bool:
+    """TICKGUARD_UDF_WRITE_FEATURES: windowed models' columns written on scored points (agent and backfill)."""
+    return _env(env, "TICKGUARD_UDF_WRITE_FEATURES", "false").lower() in ("1", "true", "yes")
 
 
 def agent_settings(env: dict | None = None) -> AgentSettings:
@@ -120,4 +126,5 @@ def agent_settings(env: dict | None = None) -> AgentSettings:
         influx_username=_env(env, "TICKGUARD_INFLUXDB_USER", ""),
         influx_password=_env(env, "TICKGUARD_INFLUXDB_PASSWORD", ""),
         window_history=_env(env, "TICKGUARD_UDF_WINDOW_HISTORY", "true").lower() in ("1", "true", "yes"),
+        write_features=write_features_setting(env),
     )

@@ -44,7 +44,12 @@ from tickguard.agent.pipeline import (
     render_unscored,
 )
 from tickguard.agent.scoring import ClientRegistry, ModelNotServed, ScoringClient, ScoringUnavailable
-from tickguard.agent.windowing import LiveWindows, card_windows, window_features_for_card
+from tickguard.agent.windowing import (
+    LiveWindows,
+    card_windows,
+    source_tag_filter,
+    window_features_for_card,
+)
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +393,11 @@ class Connection:
             )
             return
         self.windows = LiveWindows(
-            features, self._history_reader(), self.options.write_features, self.describe()
+            features,
+            self._history_reader(),
+            self.options.write_features,
+            self.describe(),
+            source_tag_filter(card),
         )
         self._windows_declared = declared
         log.info(

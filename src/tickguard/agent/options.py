@@ -105,6 +105,7 @@ def defaults(settings: AgentSettings) -> TaskOptions:
         label_field=settings.label_field,
         output=settings.output,
         keep_fields=settings.keep_fields,
+        write_features=settings.write_features,
     )
 
 

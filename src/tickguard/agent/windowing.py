@@ -53,6 +53,23 @@ def card_windows(card: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return windows if isinstance(windows, Mapping) else None
 
 
+def source_tag_filter(card: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The tag filter of the card's detector (`[source] tags`): a history read must see only the points
+    the task sees, so it adds these conditions to a series' own tags."""
+    detector = card.get(CARD_DETECTOR)
+    source = detector.get("source") if isinstance(detector, Mapping) else None
+    tags = source.get("tags") if isinstance(source, Mapping) else None
+    return tuple(sorted((str(k), str(v)) for k, v in tags.items())) if isinstance(tags, Mapping) else ()
+
+
+def series_tags(
+    group_by: Sequence[str], key: Sequence[str], tag_filter: Sequence[tuple[str, str]] = ()
+) -> tuple[tuple[str, str], ...]:
+    """The tag conditions of one series: its key's tags, plus the detector's filter on other tags."""
+    own = tuple(zip(group_by, key, strict=True))
+    return own + tuple(item for item in tag_filter if item[0] not in group_by)
+
+
 def window_features_for_card(card: Mapping[str, Any]) -> WindowFeatures | None:
     """Fresh (empty) window state for the card's detector, or None when it declares no windows."""
     declared = card_windows(card)
@@ -62,6 +79,29 @@ def window_features_for_card(card: Mapping[str, Any]) -> WindowFeatures | None:
 
     fields = tuple(str(item["field"]) for item in card[CARD_DETECTOR]["features"])
     return WindowFeatures(window_spec_from_canonical(declared), fields)
+
+
+def rebuild_from_history(
+    features: WindowFeatures,
+    history: HistoryReader | None,
+    first: Mapping[tuple[str, ...], tuple[SeriesSource, int]],
+) -> tuple[int, str]:
+    """Set the state of each series `key` of `first` (where it is stored, the time of its first point to
+    score) from its last `capacity` points before that time; empty without a reader, when nothing is
+    found or when InfluxDB cannot be read. Returns (series rebuilt from history, the read error or '')."""
+    found: dict[SeriesSource, list] = {}
+    error = ""
+    if history is not None and first:
+        try:
+            found = history.recent(first.values(), features.fields, features.spec.capacity)
+        except Exception as exc:  # InfluxDB down or refusing: the series warm up instead
+            error = str(exc) or repr(exc)
+    rebuilt = 0
+    for key, (source, _time) in first.items():
+        points_before = found.get(source) or []
+        features.rebuild(key, points_before)
+        rebuilt += bool(points_before)
+    return rebuilt, error
 
 
 @dataclass
@@ -100,8 +140,10 @@ class LiveWindows:
         history: HistoryReader | None = None,
         write_features: bool = False,
         describe: str = "",
+        tag_filter: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.features = features
+        self.tag_filter = tag_filter
         self.history = history
         self.write_features = write_features
         self.describe = describe
@@ -125,44 +167,31 @@ class LiveWindows:
             point.database,
             point.retentionPolicy,
             point.name,
-            tuple(zip(self.features.spec.group_by, key, strict=True)),
+            series_tags(self.features.spec.group_by, key, self.tag_filter),
         )
 
     def rebuild_new_series(self, points: Sequence[pb.Point], keys: Sequence[tuple[str, ...]]) -> None:
         """Give every series seen for the first time in `points` its state: from InfluxDB's history before
         its first point here when a reader is configured, else empty (it warms up)."""
-        first: dict[tuple[str, ...], pb.Point] = {}
+        first: dict[tuple[str, ...], tuple[SeriesSource, int]] = {}
         for point, key in zip(points, keys, strict=True):
             if key not in self.features and key not in first:
-                first[key] = point
+                first[key] = (self._source(point, key), point.time)
         if not first:
             return
-        found: dict[SeriesSource, list] = {}
-        sources = {key: self._source(point, key) for key, point in first.items()}
-        if self.history is not None:
-            started = time.monotonic()
-            try:
-                found = self.history.recent(
-                    ((sources[key], point.time) for key, point in first.items()),
-                    self.features.fields,
-                    self.features.spec.capacity,
-                )
-            except Exception as exc:  # InfluxDB down or refusing: the series warm up instead
-                self.history_errors += 1
-                log.warning(
-                    "%s: cannot read the history of %d new series from InfluxDB (they warm up): %s",
-                    self.describe,
-                    len(first),
-                    exc,
-                )
-            self.history_s += time.monotonic() - started
-        for key in first:
-            points_before = found.get(sources[key]) or []
-            self.features.rebuild(key, points_before)
-            if points_before:
-                self.rebuilt += 1
-            else:
-                self.cold += 1
+        started = time.monotonic()
+        rebuilt, error = rebuild_from_history(self.features, self.history, first)
+        self.history_s += time.monotonic() - started
+        self.rebuilt += rebuilt
+        self.cold += len(first) - rebuilt
+        if error:
+            self.history_errors += 1
+            log.warning(
+                "%s: cannot read the history of %d new series from InfluxDB (they warm up): %s",
+                self.describe,
+                len(first),
+                error,
+            )
 
     # ---- points -> rows --------------------------------------------------------------------------------
 

@@ -9,6 +9,13 @@ writes them back with the same tags and timestamp, every input field, the agent'
 anomaly, scored, model_version, threshold, tp/fp/fn/tn when the label is present) and `backfilled=true`.
 Writing to another measurement (`--measurement`) re-scores history with the model now served.
 
+A windowed detector (tickguard.windows: the served model's card declares `[windows]`) scores a point from
+its series' past, so for each time window the backfill rebuilds every series' state from its last
+`capacity` points in InfluxDB before the window, exactly as the agent does after a restart
+(tickguard.agent.windowing), pushes every point of the window in time order (scored before or not) and
+writes the pending ones with the agent's fields, expected range included. Points of several series share
+timestamps there, so a raw point is matched to its scored one by timestamp and series key.
+
 The same code runs after the watchdog heals a task: `heal_hook()` returns a callback for
 `tickguard.agent.watchdog.Watchdog.add_callback` that backfills the outage once the task is back;
 `tickguard backfill` (tickguard.ops.commands) runs it from the command line.
@@ -29,7 +36,23 @@ import requests
 
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.options import LabelRule
-from tickguard.agent.schema import BACKFILLED, CONFUSION, ERROR, MODEL_VERSION, OUTPUT_LEAN, SCORED, THRESHOLD
+from tickguard.agent.schema import (
+    BACKFILLED,
+    CONFUSION,
+    ERROR,
+    EXPECTED_HIGH,
+    EXPECTED_LOW,
+    MODEL_VERSION,
+    OUTPUT_LEAN,
+    SCORED,
+    THRESHOLD,
+)
+from tickguard.agent.windowing import (
+    rebuild_from_history,
+    series_tags,
+    source_tag_filter,
+    window_features_for_card,
+)
 from tickguard.errors import TickguardError
 from tickguard.influx import (
     NUMERIC_TYPES,
@@ -286,6 +309,7 @@ class Backfiller:
         self.influx = influx_client(self.settings)
         self.api = ScoringApi(self.settings, model=self.settings.model or None)
         self.skipped_points = 0  # points of the last plan in buckets that needed nothing
+        self.series_by: tuple[str, ...] = ()  # a windowed detector's series tags (set by run())
         # Only the points this condition selects, on both sides (a Kapacitor shard's: `"shard" = '1'`).
         self.where = f" AND ({self.settings.where})" if self.settings.where else ""
 
@@ -349,14 +373,24 @@ class Backfiller:
         # Without an id field, the timestamp alone matches a raw point to its scored one.
         names = (SCORED, score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
         columns = ", ".join(quote_ident(name) for name in dict.fromkeys(names))
+        group = f" GROUP BY {', '.join(map(quote_ident, self.series_by))}" if self.series_by else ""
         rows = self.influx.rows(
-            f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}{self.where}"
+            f"SELECT {columns} FROM {quote_ident(self.target)} WHERE {time_range(low, high)}{self.where}{group}"
         )
-        for _tags, row in rows:
+        for tags, row in rows:
             scored = row.get(SCORED) is True and row.get(self.settings.score_field) is not None
-            point_id = row.get(self.settings.id_field) if self.settings.id_field else None
+            point_id = self.point_id(tags, row)
             index.setdefault(int(row["time"]), []).append((point_id, scored))
         return index
+
+    def point_id(self, tags: dict[str, str], row: dict[str, Any]) -> str | None:
+        """What tells apart points of one timestamp: the id field, else a windowed detector's series key
+        (points of several series share their timestamps), else nothing (the timestamp alone matches)."""
+        if self.settings.id_field:
+            return row.get(self.settings.id_field)
+        if self.series_by:
+            return "\x00".join(tags.get(name, "") for name in self.series_by)
+        return None
 
     @staticmethod
     def match(candidates: list[tuple[str | None, bool]] | None, txid: str | None) -> bool | None:
@@ -383,6 +417,9 @@ class Backfiller:
             report.elapsed_s = time.monotonic() - started
             return report
         features = self.feature_fields() if not self.dry_run else ()
+        state = None if self.dry_run else window_features_for_card(self.api.card())
+        windowed = state is not None
+        self.series_by = state.spec.group_by if state is not None else ()
         windows = self.plan_windows(start_ns, end_ns)
         report.source_points += self.skipped_points
         report.already_scored += self.skipped_points
@@ -394,10 +431,12 @@ class Backfiller:
                 f"WHERE {time_range(low, high)}{self.where} GROUP BY *"
             )
             pending: list[tuple[dict[str, str], dict[str, Any], bool]] = []
+            every: list[tuple[dict[str, str], dict[str, Any]]] = []  # a windowed detector's state needs all
             for tags, row in rows:
+                if windowed:
+                    every.append((tags, row))
                 report.source_points += 1
-                point_id = row.get(self.settings.id_field) if self.settings.id_field else None
-                status = self.match(index.get(int(row["time"])), point_id)
+                status = self.match(index.get(int(row["time"])), self.point_id(tags, row))
                 if status is True:
                     report.already_scored += 1
                     continue
@@ -410,7 +449,8 @@ class Backfiller:
                     continue
                 pending.append((tags, row, status is False))
             if pending and not self.dry_run:
-                self._score_and_write(pending, features, types, report)
+                computed = self.window_rows(every, pending) if windowed else None
+                self._score_and_write(pending, features, types, report, computed)
             if self.progress and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                 last_progress = time.monotonic()
                 report.elapsed_s = last_progress - started
@@ -424,6 +464,60 @@ class Backfiller:
         if self.settings.features is not None:
             return self.settings.features
         return tuple((name, name) for name in self.api.features())
+
+    def window_rows(
+        self,
+        every: list[tuple[dict[str, str], dict[str, Any]]],
+        pending: list[tuple[dict[str, str], dict[str, Any], bool]],
+    ) -> list[tuple[list[float] | None, str, dict[str, float]]]:
+        """A windowed detector's model row (or why there is none) and extra fields of each pending point.
+
+        The live agent's state is rebuilt as after a restart (tickguard.agent.windowing): each series from
+        its last `capacity` points in InfluxDB before its first point here; then every point of this
+        window, scored before or not, enters its series in time order, so a point of the gap gets the
+        features it would have had live. A failed history read fails the backfill (rather than writing
+        points as warming up that are not)."""
+        from tickguard.agent.history import HistoryReader, SeriesSource
+
+        card = self.api.card()
+        state = window_features_for_card(card)
+        columns = tuple(card["features"])
+        pick = [state.columns.index(name) for name in columns]
+        group_by = state.spec.group_by
+        tag_filter = source_tag_filter(card)
+        source = self.settings.source_measurement
+        ordered = sorted(every, key=lambda item: int(item[1]["time"]))  # stable: series order on ties
+        first: dict[tuple[str, ...], tuple[SeriesSource, int]] = {}
+        for tags, row in ordered:
+            key = tuple(tags.get(name, "") for name in group_by)
+            if key not in first:
+                tags_of_series = series_tags(group_by, key, tag_filter)
+                first[key] = (
+                    SeriesSource(self.settings.database, "", source, tags_of_series),
+                    int(row["time"]),
+                )
+        _rebuilt, error = rebuild_from_history(state, HistoryReader(self.influx), first)
+        if error:
+            raise TickguardError(f"backfill cannot rebuild the window state from InfluxDB: {error}")
+        outcome: dict[int, tuple[list[float] | None, str, dict[str, float]]] = {}
+        for tags, row in ordered:
+            values, problem = feature_row(row, state.fields)
+            if values is None:
+                outcome[id(row)] = (None, problem, {})
+                continue
+            result = state.push(tuple(tags.get(name, "") for name in group_by), int(row["time"]), values)
+            if result.features is None:
+                outcome[id(row)] = (None, result.status, {})
+                continue
+            extra: dict[str, float] = {}
+            if result.expected_low is not None and result.expected_high is not None:
+                extra = {EXPECTED_LOW: result.expected_low, EXPECTED_HIGH: result.expected_high}
+            if self.settings.write_features:  # as the live task's .writeFeatures(TRUE)
+                for position, name in enumerate(state.columns):
+                    if name not in state.fields:
+                        extra[name] = result.features[position]
+            outcome[id(row)] = ([result.features[i] for i in pick], "", extra)
+        return [outcome[id(row)] for _tags, row, _replaces in pending]
 
     @staticmethod
     def select_list(types: dict[str, str]) -> str:
@@ -439,7 +533,9 @@ class Backfiller:
         features: tuple[tuple[str, str], ...],
         types: dict[str, str],
         report: BackfillReport,
+        computed: list[tuple[list[float] | None, str, dict[str, float]]] | None = None,
     ) -> None:
+        """Score `pending` and write it; `computed`: a windowed detector's rows (see window_rows), aligned."""
         s = self.settings
         lean, keep = s.output == OUTPUT_LEAN, frozenset(s.keep_fields)
         columns = tuple(feature for feature, _field in features)
@@ -452,16 +548,23 @@ class Backfiller:
             rows: list[list[float]] = []
             row_of: list[int] = []
             problems: list[str] = []
-            for _tags, row, _replaces in chunk:
-                values, problem = feature_row(row, point_fields)
+            extras: list[dict[str, float]] = []
+            for position_in_chunk, (_tags, row, _replaces) in enumerate(chunk):
+                if computed is not None:
+                    values, problem, extra = computed[offset + position_in_chunk]
+                else:
+                    (values, problem), extra = feature_row(row, point_fields), {}
                 row_of.append(len(rows) if values is not None else -1)
                 problems.append(problem)
+                extras.append(extra)
                 if values is not None:
                     rows.append(values)
             result = self.api.score(rows, columns) if rows else None
             if result is not None:
                 report.model_version = result.model_version
-            for (tags, row, replaces), position, problem in zip(chunk, row_of, problems, strict=True):
+            for (tags, row, replaces), position, problem, extra in zip(
+                chunk, row_of, problems, extras, strict=True
+            ):
                 fields: dict[str, Any] = {}
                 for name, value in row.items():
                     if name == "time" or (lean and types.get(name) in _NUMERIC and name not in keep):
@@ -483,6 +586,7 @@ class Backfiller:
                         hits += ((not label) and not flagged,)
                         for name, hit in zip(CONFUSION, hits, strict=True):  # tp, fp, fn, tn
                             fields[name] = int(hit)
+                    fields.update(extra)  # a windowed detector's expected range (and columns)
                     if replaces:
                         fields[ERROR] = ""  # clear the reason the live pipeline left it unscored
                     report.scored += 1

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from tickguard.agent.config import output_shape
+from tickguard.agent.config import output_shape, write_features_setting
 from tickguard.stack.config import MEASUREMENT, SCORED_MEASUREMENT, influx_settings
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class BackfillSettings:
     model: str = ""  # the served model to score with ("" = the service's default)
     id_field: str = "txid"  # matches a raw point to its scored one, with the timestamp ("" = timestamp only)
     detector: str = ""  # the detector the settings came from ("" = none)
+    write_features: bool = False  # a windowed model's columns as fields (the live task's .writeFeatures())
     # An InfluxQL condition limiting the backfill to some points, on the raw and the scored side alike:
     # a Kapacitor shard's own, `"shard" = '1'` (tickguard.stack.sharding). "" = every point.
     where: str = ""
@@ -73,8 +74,12 @@ def _env_or_empty(env: Mapping[str, str], name: str, default: str) -> str:
 def apply_detector(settings: BackfillSettings, spec: DetectorSpec) -> BackfillSettings:
     """The settings for a detector's points (tickguard.detectors): its source, its output measurement, id and
     kept fields, its label, its model. A live task's definition, applied after, still decides over these."""
+    from tickguard.agent.schema import schema_for
+
     label = spec.label.field if spec.label is not None else ""
-    keep = tuple(dict.fromkeys((*spec.output.display_fields, *((label,) if label else ()))))
+    # What the detector's score task keeps (tickguard.agent.schema): display fields, the label, and a
+    # windowed detector's value fields (its id field is a string, kept anyway).
+    keep = tuple(name for name in schema_for(spec).keep_fields if name != spec.output.id_field)
     return replace(
         settings,
         database=spec.source.database,
@@ -118,5 +123,6 @@ def backfill_settings(env: Mapping[str, str] | None = None) -> BackfillSettings:
         kapacitor_username=_env(env, "TICKGUARD_KAPACITOR_USERNAME", ""),
         kapacitor_password=_env(env, "TICKGUARD_KAPACITOR_PASSWORD", ""),
         task_id=_env(env, "TICKGUARD_BACKFILL_TASK", ""),
+        write_features=write_features_setting(env),
         where=_env(env, "TICKGUARD_BACKFILL_WHERE", ""),
     )

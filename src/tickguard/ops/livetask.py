@@ -319,6 +319,9 @@ def apply_live_task(settings: BackfillSettings, task: LiveTask) -> BackfillSetti
             changes["keep_fields"] = parse_names(str(keep))
         except FieldListError as exc:
             raise TaskScriptError(f"task {task.task_id!r}: .keep(): {exc}") from None
+    write_features = _option(task, "writeFeatures")
+    if write_features is not None:
+        changes["write_features"] = bool(write_features)
     model = _option(task, "model")
     if model is not None:
         changes["model"] = str(model).strip()
