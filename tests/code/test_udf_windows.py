@@ -106,6 +106,7 @@ def assert_same(points: list[pb.Point], expected: list, columns: tuple[str, ...]
             assert live == result.features, index  # exactly: the same code on the same numbers
             assert point.fieldsDouble[EXPECTED_LOW] == result.expected_low
             assert point.fieldsDouble[EXPECTED_HIGH] == result.expected_high
+            assert ("late" in point.fieldsBool) is result.late and point.fieldsBool.get("late", True)
             seen["scored"] += 1
     return seen
 

@@ -206,6 +206,7 @@ def check(points: dict, written: list[tuple[str, int, dict]], expected: list, co
             assert point[SCORED] is True, (where, point[ERROR])
             assert tuple(float(point[name]) for name in columns) == result.features, where
             assert (point[EXPECTED_LOW], point[EXPECTED_HIGH]) == (result.expected_low, result.expected_high)
+            assert point["late"] is (True if result.late else None), where
             seen["scored"] += 1
     return seen
 
@@ -268,7 +269,7 @@ def test_backfill_rebuilds_the_state_from_history_before_the_gap(scenario) -> No
 
 def test_backfilled_points_have_the_live_points_fields_and_the_services_scores(scenario) -> None:
     points = scenario.scored_points()
-    live = [p for p in points.values() if p[SCORED] is True and not p.get("backfilled")]
+    live = [p for p in points.values() if p[SCORED] is True and not p.get("backfilled") and not p.get("late")]
     filled = [p for p in points.values() if p[SCORED] is True and p.get("backfilled")]
     assert live and filled
     names = {k for k, v in live[0].items() if v is not None} - {"latency_ms"}

@@ -52,6 +52,7 @@ BACKFILLED = "backfilled"  # bool: written by `tickguard backfill`, never by the
 # `out of order` (older than everything its series keeps): tickguard.windows' statuses.
 EXPECTED_LOW = "expected_low"
 EXPECTED_HIGH = "expected_high"
+LATE = "late"  # bool, true on a windowed detector's scored point that arrived after a newer one of its series
 
 # Names the agent (or backfill) writes itself; no option may rename the score, flag or label onto one.
 RESERVED_OUTPUT_FIELDS = (
@@ -64,6 +65,7 @@ RESERVED_OUTPUT_FIELDS = (
     BACKFILLED,
     EXPECTED_LOW,
     EXPECTED_HIGH,
+    LATE,
 )
 
 FLOAT, BOOL, STRING, INT = "float", "boolean", "string", "integer"  # InfluxDB's names of field types

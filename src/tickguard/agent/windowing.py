@@ -19,7 +19,8 @@ unset or TICKGUARD_UDF_WINDOW_HISTORY=false), or when the read fails, the series
 first points leave `warming up`.
 
 Scored points of a windowed detector also get `expected_low` / `expected_high` (the detector's declared
-expected range, centre -/+ k * spread of its rolling window) so a dashboard shows why a point was flagged;
+expected range, centre -/+ k * spread of its rolling window) so a dashboard shows why a point was flagged,
+and `late=true` when the point came after a newer one of its series (scored from the points older than it);
 the task option `.writeFeatures(TRUE)` adds every model column as a field too (what the model saw, for
 parity checks and debugging).
 """
@@ -34,13 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tickguard.agent import udf_pb2 as pb
-from tickguard.agent.encode import double_entry, double_entry_prefix
+from tickguard.agent.encode import bool_entry, double_entry, double_entry_prefix
 from tickguard.agent.history import HistoryReader, SeriesSource
-from tickguard.agent.schema import EXPECTED_HIGH, EXPECTED_LOW
+from tickguard.agent.schema import EXPECTED_HIGH, EXPECTED_LOW, LATE
 from tickguard.windows import OK, WindowFeatures
 
 log = logging.getLogger(__name__)
 
+LATE_FIELD = bool_entry(LATE, True)
 CARD_DETECTOR = "detector"  # the model card's copy of its detector spec (tickguard.modelstore)
 
 
@@ -223,6 +225,8 @@ class LiveWindows:
                 extra = double_entry(EXPECTED_LOW, result.expected_low) + double_entry(
                     EXPECTED_HIGH, result.expected_high
                 )
+            if result.late:
+                extra += LATE_FIELD
             if self.write_features:
                 row = result.features
                 extra += b"".join(
