@@ -9,7 +9,8 @@ and puts the tuned production model's figures (its card's validation block, its 
 recomputed here) beside them. Each model's threshold is chosen on validation by the detector's policy
 (precision target), then applied to the holdout: precision and recall at it are reported too.
 
-Run: .venv/bin/python -m benchmarks.detectors_quality [--detector NAME ...]
+Run: .venv/bin/python -m benchmarks.detectors_quality [--detector NAME ...] [--model NAME=VERSION ...]
+     (--model puts another of the detector's versions, or a model directory, in the tuned row)
      (about 10 minutes on 2 cores, most of it the random forest on the credit-card set)
 Writes benchmarks/results/detectors_quality.json.
 """
@@ -53,8 +54,9 @@ def summary(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     }
 
 
-def compare(name: str) -> dict:
-    """The tuned production model and the untuned learners of one detector, side by side."""
+def compare(name: str, model: str = "production") -> dict:
+    """The tuned model (`model`: production, a version or a path) and the untuned learners of one
+    detector, side by side."""
     from tickguard import modelstore
     from tickguard.data import load_detector_frame, time_split
     from tickguard.detectors import load_detector
@@ -65,7 +67,7 @@ def compare(name: str) -> dict:
     from tickguard.training.tuning import time_folds
 
     spec = load_detector(name)
-    model_dir = modelstore.resolve_model_dir(modelstore.detector_models_dir(models_dir(), name))
+    model_dir = modelstore.resolve_model_dir(modelstore.detector_models_dir(models_dir(), name), model)
     tuned = Predictor.load(model_dir, max_rows=1, detector=spec)
     card = tuned.card
     frame = load_detector_frame(spec)
@@ -134,13 +136,21 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--detector", action="append", help="detector name (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="score this version (or model directory) of detector NAME instead of its production model",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    chosen = dict(item.split("=", 1) for item in args.model)
     served = modelstore.production_models(models_dir())
     names = args.detector or [s.name for s in list_detectors() if s.name in served and s.label is not None]
     started = datetime.now(UTC)
     with threadpool_limits(limits=1, user_api="openmp"):
-        detectors = {name: compare(name) for name in names}
+        detectors = {name: compare(name, chosen.get(name, "production")) for name in names}
     git_sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()

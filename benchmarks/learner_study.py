@@ -10,8 +10,9 @@ For each it records average precision, the best precision reachable at recall >=
 curve's ceiling for the recall target, at any threshold) and the recall at precision >= 0.90;
 then the same for equal-weight averages of the candidates' probabilities.
 
-Run: .venv/bin/python -m benchmarks.learner_study [--skip-rf]   (about 20 minutes on 2 cores, most
-of it the 300-tree random forest that the issue quotes as its reference)
+Run: .venv/bin/python -m benchmarks.learner_study [--skip-rf] [--model VERSION] [--output FILE]
+(about 20 minutes on 2 cores, most of it the 300-tree random forest that the issue quotes as its
+reference; --model takes the tuned parameters from another fraud version than production)
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def pr_summary(y: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-def candidates(production_params: dict, skip_rf: bool) -> dict:
+def candidates(
+    production_params: dict, skip_rf: bool, label: str = "production pipeline (tuned params)"
+) -> dict:
     """Name -> (factory of an unfitted estimator, whether it takes raw columns)."""
     from lightgbm import LGBMClassifier
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
@@ -54,7 +57,7 @@ def candidates(production_params: dict, skip_rf: bool) -> dict:
     from tickguard.training.pipeline import build_pipeline
 
     found = {
-        "production pipeline (tuned params)": (lambda: build_pipeline(production_params, n_jobs=2), True),
+        label: (lambda: build_pipeline(production_params, n_jobs=2), True),
         "extra trees, 300, full depth": (
             lambda: ExtraTreesClassifier(300, n_jobs=2, random_state=42),
             False,
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     """Fit every candidate on both splits, score, combine, write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-rf", action="store_true", help="leave out the slow 300-tree random forest")
+    parser.add_argument(
+        "--model", default="production", help="fraud version whose tuned parameters the pipeline uses"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from tickguard.training.features import FraudFeatures
     from tickguard.training.tuning import time_folds
 
-    card = read_card(resolve_model_dir(ROOT / "models" / "fraud", "production"))
+    card = read_card(resolve_model_dir(ROOT / "models" / "fraud", args.model))
     train, holdout = time_split(load_dataset())
     X, y = features_and_target(train)
     X_hold, y_hold = features_and_target(holdout)
@@ -108,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
     scores: dict[str, dict[str, np.ndarray]] = {}
     rows: dict[str, dict] = {}
-    for name, (make, raw) in candidates(card["model"]["params"], args.skip_rf).items():
+    label = "production pipeline (tuned params)"
+    if args.model != "production":
+        label = f"tuned pipeline of {card['version']}"
+    for name, (make, raw) in candidates(card["model"]["params"], args.skip_rf, label).items():
         started = time.monotonic()
         data = X if raw else encoded["train"]
         data_hold = X_hold if raw else encoded["holdout"]

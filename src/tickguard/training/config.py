@@ -32,6 +32,7 @@ class TrainProfile:
     n_jobs: int = 2
     seed: int = 42
     precision_target: float | None = None  # None: the detector's [threshold] target
+    extra_forests: bool = True  # after tuning, try averaging with each of pipeline.EXTRA_FORESTS (CV folds)
 
     def with_overrides(self, **changes) -> TrainProfile:
         """A copy with the non-None overrides applied."""
@@ -43,7 +44,14 @@ class TrainProfile:
 FULL = TrainProfile(
     name="full", n_trials=40, n_folds=3, sample_rows=None, negative_fraction=0.5, timeout_s=20 * 60
 )
-# Fast (CI, notebooks under TICKGUARD_FAST=1): a 20k-row stratified sample of each training part, 3 trials.
+# Fast (CI, notebooks under TICKGUARD_FAST=1): a 20k-row stratified sample of each training part, 3 trials,
+# no extra forest.
 FAST = TrainProfile(
-    name="fast", n_trials=3, n_folds=2, sample_rows=20_000, negative_fraction=1.0, timeout_s=None
+    name="fast",
+    n_trials=3,
+    n_folds=2,
+    sample_rows=20_000,
+    negative_fraction=1.0,
+    timeout_s=None,
+    extra_forests=False,
 )

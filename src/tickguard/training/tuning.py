@@ -2,7 +2,8 @@
 
 A study must survive its own trials: a parameter set that crashes a learner or a resampler on some fold
 is recorded as a failed trial (with its error, in the study file) and the search goes on; only when every
-trial fails does training stop, with the errors. Before anything runs, the labels are checked: a fold
+trial fails does training stop, with the errors. After the search, the best parameters may be averaged
+with one bigger forest (choose_extra_forest), judged on rows the search did not see. Before anything runs, the labels are checked: a fold
 without anomalies cannot be scored, so too few of them is a clear error saying how many are needed.
 """
 
@@ -20,7 +21,15 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import TimeSeriesSplit
 
 from tickguard.errors import TickguardError
-from tickguard.training.pipeline import DEFAULT_PARAMS, HIGH_ANOMALY_RATE, SAMPLERS, build_pipeline
+from tickguard.training.pipeline import (
+    DEFAULT_PARAMS,
+    EXTRA_FORESTS,
+    HIGH_ANOMALY_RATE,
+    NO_EXTRA_FOREST,
+    SAMPLERS,
+    build_pipeline,
+    build_single,
+)
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "tickguard"
@@ -271,3 +280,74 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
         params.pop("oversample_factor", None)
         params.pop("k_neighbors", None)
     return params
+
+
+def choose_extra_forest(
+    params: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    negative_fraction: float = 1.0,
+    n_jobs: int = 1,
+    features: TransformerMixin | None = None,
+    candidates: tuple[str, ...] = tuple(EXTRA_FORESTS),
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tuned `params`, averaged with the extra forest that most raises their mean AP on `folds` (or none).
+
+    The folds must be rows the search did not score: there the tuned ensemble is the best of many trials,
+    and would beat any blend by that selection alone (train.py passes the training part's last time
+    block, which it keeps from the search). The tuned ensemble and each forest are fitted once per fold
+    (keeping `negative_fraction` of each training fold's normal rows), and a blend's validation scores
+    are the mean of the two probabilities, which is what the blended pipeline's soft vote computes
+    (pipeline.voting_weights). A forest is kept only when it strictly beats the ensemble alone: it costs
+    scoring time. Returns (params, report for the model card).
+    """
+    params = {k: v for k, v in params.items() if k != "extra_forest"}
+    per_fold: dict[str, list[float]] = {NO_EXTRA_FOREST: [], **{name: [] for name in candidates}}
+    seconds: dict[str, float] = dict.fromkeys(per_fold, 0.0)
+    for i, (train_idx, valid_idx) in enumerate(folds):
+        train_idx = subsample_negatives(train_idx, y, negative_fraction, seed + i)
+        started = time.monotonic()
+        tuned = build_pipeline(params, seed=seed, n_jobs=n_jobs, features=features).fit(
+            X[train_idx], y[train_idx]
+        )
+        tuned_scores = tuned.predict_proba(X[valid_idx])[:, 1]
+        seconds[NO_EXTRA_FOREST] += time.monotonic() - started
+        per_fold[NO_EXTRA_FOREST].append(average_precision_score(y[valid_idx], tuned_scores))
+        for name in candidates:
+            started = time.monotonic()
+            forest = build_single("xf", {**params, "extra_forest": name}, seed, n_jobs, features)
+            forest_scores = forest.fit(X[train_idx], y[train_idx]).predict_proba(X[valid_idx])[:, 1]
+            seconds[name] += time.monotonic() - started
+            per_fold[name].append(average_precision_score(y[valid_idx], (tuned_scores + forest_scores) / 2))
+        log.info(
+            "extra forest, fold %d/%d: %s",
+            i + 1,
+            len(folds),
+            ", ".join(f"{name} AP {scores[-1]:.4f}" for name, scores in per_fold.items()),
+        )
+    cv_ap = {name: float(np.mean(scores)) for name, scores in per_fold.items()}
+    chosen = NO_EXTRA_FOREST
+    for name in candidates:  # strictly better only: ties keep the cheaper model
+        if cv_ap[name] > cv_ap[chosen]:
+            chosen = name
+    log.info(
+        "extra forest: %s (CV AP %.4f; the tuned ensemble alone %.4f)",
+        chosen,
+        cv_ap[chosen],
+        cv_ap[NO_EXTRA_FOREST],
+    )
+    report = {
+        "rule": f"mean AP on {len(folds)} validation block(s) the search did not score, of the tuned ensemble "
+        "averaged with each forest; a forest is kept only when it beats the ensemble alone",
+        "validation_rows": [int(len(valid_idx)) for _, valid_idx in folds],
+        "chosen": chosen,
+        "cv_auprc": {name: round(value, 6) for name, value in cv_ap.items()},
+        "cv_auprc_per_fold": {
+            name: [round(float(v), 6) for v in scores] for name, scores in per_fold.items()
+        },
+        "fit_seconds": {name: round(value, 1) for name, value in seconds.items()},
+        "forests": {name: EXTRA_FORESTS[name] for name in candidates},
+    }
+    return ({**params, "extra_forest": chosen} if chosen != NO_EXTRA_FOREST else params), report
