@@ -13,7 +13,10 @@ there is a label at all. A variable would need a hidden, hand-kept variable for 
 step in Grafana's UI, and a table's columns cannot follow a variable; a detector without a label would
 still show empty precision panels. Generated, each panel's query is exact and tested against the live
 stack, the detector file stays the one place to edit, and a label-based panel of an unlabelled detector
-is generated as the words "no label". Every detector file in the repository's detectors/ gets its
+is generated as the words "no label". A windowed detector (tickguard.windows) also gets its series with the
+expected range its window gave each point, the flagged points and the score, per series, and its
+flagged-points table names the series, the value and that range: a person sees why a point was flagged.
+Every detector file in the repository's detectors/ gets its
 committed dashboard (DASHBOARDS); a detector kept elsewhere gets its own with
 `python -m tickguard.stack.dashboards --detector NAME --out DIR` (or `tickguard deploy --dashboards DIR`)
 into a folder Grafana's file provider reads. *Pipeline health* is one dashboard for all detectors: it
@@ -27,7 +30,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tickguard.agent.schema import CONFUSION, LATENCY_MS
+from tickguard.agent.schema import CONFUSION, EXPECTED_HIGH, EXPECTED_LOW, LATENCY_MS
 from tickguard.agent.schema import SCORED as SCORED_FIELD
 from tickguard.influx import qualified, quote_ident
 
@@ -177,6 +180,75 @@ def _no_label_panel(lay: Layout, title: str, width: int, height: int, detector: 
     return panel
 
 
+def _series_panel(lay: Layout, spec: DetectorSpec, scored: str) -> dict[str, Any]:
+    """A windowed detector's series with the range its window expected and the score beside it, per series
+    (the detector's group_by tags): a flagged point is drawn where it left the expected range."""
+    from tickguard.agent.schema import schema_for
+
+    schema = schema_for(spec)
+    value = quote_ident(spec.feature_fields[0])
+    tags = spec.windows.group_by
+    by = "".join(f", {quote_ident(tag)}" for tag in tags)
+    prefix = "".join(f"$tag_{tag} " for tag in tags)
+    columns = f'mean({value}) AS "value"'
+    if schema.expected_range:
+        columns += (
+            f', mean({quote_ident(EXPECTED_LOW)}) AS "expected low", '
+            f'mean({quote_ident(EXPECTED_HIGH)}) AS "expected high"'
+        )
+    score, flag = quote_ident(schema.score_field), quote_ident(schema.flag_field)
+    panel = lay.panel(
+        "timeseries",
+        "Series, expected range and score",
+        [
+            target(
+                "A",
+                f"SELECT {columns} FROM {scored} WHERE $timeFilter GROUP BY time($__interval){by} fill(none)",
+                f"{prefix}$col",
+            ),
+            target(
+                "B",
+                f'SELECT max({value}) AS "flagged" FROM {scored} WHERE $timeFilter AND {flag} = true '
+                f"GROUP BY time($__interval){by} fill(none)",
+                f"{prefix}$col",
+            ),
+            target(
+                "C",
+                f'SELECT max({score}) AS "score" FROM {scored} WHERE $timeFilter '
+                f"GROUP BY time($__interval){by} fill(none)",
+                f"{prefix}$col",
+            ),
+        ],
+        24,
+        9,
+        f"{spec.feature_fields[0]} per series with the range its window expected (expected_low/high: "
+        "centre -/+ k * spread of the declared rolling window, from the points before each one), the "
+        "points the model flagged, and the score (right axis, 0-1). Points still warming up have no range "
+        "and no score.",
+        options={"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+    )
+
+    def override(pattern: str, **properties: Any) -> dict[str, Any]:
+        return {
+            "matcher": {"id": "byRegexp", "options": pattern},
+            "properties": [
+                {"id": key.replace("__", "."), "value": value} for key, value in properties.items()
+            ],
+        }
+
+    panel["fieldConfig"]["overrides"] = [
+        override(".*expected (low|high)$", custom__lineStyle={"fill": "dash", "dash": [6, 4]}),
+        override(
+            ".*flagged$",
+            custom__drawStyle="points",
+            custom__pointSize=9,
+            color={"mode": "fixed", "fixedColor": "red"},
+        ),
+        override(".*score$", custom__axisPlacement="right", min=0, max=1, unit="percentunit"),
+    ]
+    return panel
+
+
 def detector_live(spec: DetectorSpec) -> dict:
     """<Name> detection — live: what the model sees and how well it does, from the detector's scored points.
 
@@ -192,7 +264,13 @@ def detector_live(spec: DetectorSpec) -> dict:
     incoming = qualified(source.measurement, source.database, source.retention_policy)
     score, flag = quote_ident(schema.score_field), quote_ident(schema.flag_field)
     shown = [name for name in (spec.output.id_field, *spec.output.display_fields) if name]
-    columns = ", ".join([*map(quote_ident, shown), score])
+    if (
+        spec.windows is not None
+    ):  # which series, its value and the range it was expected in: why it was flagged
+        shown += [*spec.windows.group_by, *spec.feature_fields]
+        if schema.expected_range:
+            shown += [EXPECTED_LOW, EXPECTED_HIGH]
+    columns = ", ".join([*map(quote_ident, dict.fromkeys(shown)), score])
     # Incoming points: a count needs a field every source point has; the first feature is read by the model.
     any_input = quote_ident(spec.feature_fields[0])
     name = spec.name
@@ -262,6 +340,8 @@ def detector_live(spec: DetectorSpec) -> dict:
         },
     ]
     panels.append(rate)
+    if spec.windows is not None:
+        panels.append(_series_panel(lay, spec, scored))
     if schema.label_field:
         panels += [
             lay.panel(
