@@ -71,3 +71,32 @@ def test_unsharded_generator_writes_no_shard_tag():
 def test_generator_refuses_an_unknown_shard_key():
     with pytest.raises(TickguardError, match="shard_key must be one of auto, series, id"):
         LineEncoder("transactions", "replay", FMT, shards=2, shard_key="card")
+
+
+def test_deploy_plans_the_shard_filter_and_alerts_on_shard_zero_only():
+    from tickguard.detectors import load_detector
+    from tickguard.stack.deploy import plan
+
+    spec = load_detector("fraud")
+    unsharded = {task.task_id: task for task in plan(spec)}
+    first = {task.task_id: task for task in plan(spec, shard=(0, 2))}
+    second = {task.task_id: task for task in plan(spec, shard=(1, 2))}
+    assert unsharded["score"].vars["where_filter"]["value"] == "TRUE"
+    assert first["score"].vars["where_filter"]["value"] == "\"shard\" == '0'"
+    assert second["score"].vars["where_filter"]["value"] == "\"shard\" == '1'"
+    assert (
+        set(first) == set(unsharded) == {"score", "fraud_alert", "fraud_anomaly_rate", "fraud_scoring_errors"}
+    )
+    assert set(second) == {"score"}
+
+
+def test_deploy_keeps_a_detector_tag_filter_and_adds_the_shard(tmp_path):
+    from dataclasses import replace
+
+    from tickguard.detectors import load_detector
+    from tickguard.stack.deploy import plan
+
+    spec = load_detector("fraud")
+    tagged = replace(spec, source=replace(spec.source, tags={"site": "eu"}))
+    (score, *_rest) = plan(tagged, shard=(1, 4))
+    assert score.vars["where_filter"]["value"] == "\"site\" == 'eu' AND \"shard\" == '1'"

@@ -2,8 +2,9 @@
 scoring service -- the Helm chart's `shards: 2` (deploy/helm/tickguard), without a cluster.
 
 The producer (the product's generator, tickguard.stack.generator with `shards=2`) tags every point with
-`shard` = crc32(txid) % 2; InfluxDB pushes every point to both Kapacitors; shard i's score task keeps the
-points tagged i (tickguard.stack.sharding). Proven here: every point is scored by exactly one shard
+`shard` = crc32(txid) % 2; InfluxDB pushes every point to both Kapacitors; each shard's tasks are defined
+as the chart's tasks sidecar defines them (`tickguard deploy --shard i --shards 2`: tickguard.stack.deploy
+with `shard=(i, 2)`), so shard i's score task keeps the points tagged i and only shard 0 alerts. Proven here: every point is scored by exactly one shard
 (Kapacitor's own node counters), points out = points in, per shard too; and when one kapacitord is
 SIGKILLed mid-stream and comes back, the watchdog reports its outage and the backfill re-scores that
 shard's lost points -- only that shard's.
@@ -24,7 +25,7 @@ from tickguard.ops.backfill import heal_hook
 from tickguard.ops.config import backfill_settings
 from tickguard.runtime import KapacitorServer
 from tickguard.stack.generator import InfluxWriter, ReplayPlan, replay
-from tickguard.stack.sharding import SHARD_TAG, shard_condition, shard_influxql
+from tickguard.stack.sharding import SHARD_TAG, shard_influxql
 
 pytestmark = pytest.mark.tick
 
@@ -36,29 +37,6 @@ TASK_ID = "score"
 UDF_TIMEOUT = "10s"
 
 
-def shard_script(shard: int, scoring_url: str) -> str:
-    """Shard `shard`'s score task: the detector's source points tagged with this shard, through the UDF."""
-    return f"""
-stream
-    |from()
-        .database('{DATABASE}')
-        .retentionPolicy('autogen')
-        .measurement('{SOURCE}')
-        .where(lambda: {shard_condition(shard, SHARDS)})
-    @tickguard()
-        .url('{scoring_url}')
-        .model('fraud')
-        .labelField('Class')
-        .flushInterval(20ms)
-    |influxDBOut()
-        .database('{DATABASE}')
-        .retentionPolicy('autogen')
-        .measurement('{SCORED}')
-        .precision('ns')
-        .flushInterval(100ms)
-"""
-
-
 class ShardedStack:
     """influxd + two kapacitord (one per shard), each dialing its own in-process UDF agent."""
 
@@ -67,15 +45,24 @@ class ShardedStack:
         self.kapacitors = kapacitors
         self.service = service
         self.influx = InfluxClient(runtime.influx_url, database=DATABASE)
+        self.tasks: dict[int, list[str]] = {}  # shard -> the task ids deployed on it
 
-    def define_tasks(self) -> None:
+    def define_tasks(self, workdir) -> dict[int, list[str]]:
+        """Each shard's tasks, as `tickguard deploy --detector fraud --shard i --shards 2` defines them."""
+        from tickguard.detectors import load_detector
         from tickguard.kapacitor_client import KapacitorClient
+        from tickguard.stack.deploy import deploy
+        from tickguard.stack.tasks import alert_output_vars
 
+        overrides = alert_output_vars(workdir / "alerts.log", workdir / "alerts.json")
+        defined = {}
         for shard, server in enumerate(self.kapacitors):
-            task = KapacitorClient(server.url).define_task(
-                TASK_ID, shard_script(shard, self.service.url), dbrps=[(DATABASE, "autogen")]
+            tasks = deploy(
+                KapacitorClient(server.url), load_detector("fraud"), overrides, shard=(shard, SHARDS)
             )
-            assert task.executing, task.error
+            assert all(task.executing for task in tasks), [(t.id, t.error) for t in tasks]
+            defined[shard] = sorted(task.id for task in tasks)
+        return defined
 
     def replay(self, rows, rate: float) -> object:
         writer = InfluxWriter(replace(self.runtime_settings()))
@@ -133,7 +120,7 @@ class ShardedStack:
 @pytest.fixture
 def sharded_stack(tick_runtime_factory, udf_agent_factory, udf_model_dir, tick_binaries, tmp_path_factory):
     service = ScoringServiceThread(udf_model_dir).start()
-    agents = [udf_agent_factory() for _ in range(SHARDS)]
+    agents = [udf_agent_factory(url=service.url) for _ in range(SHARDS)]
     runtime = tick_runtime_factory(udfs={"tickguard": (agents[0].socket_path, UDF_TIMEOUT)})
     second = KapacitorServer(
         tick_binaries.kapacitord,
@@ -144,10 +131,11 @@ def sharded_stack(tick_runtime_factory, udf_agent_factory, udf_model_dir, tick_b
     second.start()
     try:
         runtime.create_database(DATABASE)
+        runtime.influx.create_database("chronograf")  # the alert history the alert tasks write
         for server in (runtime.kapacitor, second):
             runtime.influx.wait_for_subscription(DATABASE, server.port, 15)
         stack = ShardedStack(runtime, [runtime.kapacitor, second], service)
-        stack.define_tasks()
+        stack.tasks = stack.define_tasks(tmp_path_factory.mktemp("alerts"))
         yield stack
     finally:
         second.stop()
@@ -155,6 +143,11 @@ def sharded_stack(tick_runtime_factory, udf_agent_factory, udf_model_dir, tick_b
 
 
 def test_every_point_is_scored_by_exactly_one_shard(sharded_stack, replay_rows):
+    # Shard 0 runs the score task and the alert tasks, shard 1 its score task only.
+    assert sharded_stack.tasks == {
+        0: sorted([TASK_ID, "fraud_alert", "fraud_anomaly_rate", "fraud_scoring_errors"]),
+        1: [TASK_ID],
+    }
     rows = replay_rows.iloc[:3000]
     report = sharded_stack.replay(rows, rate=1000)
     assert report.written == 3000 and report.failed == 0

@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--source-tag", default=defaults.source_tag, help="value of tag 'source'")
     gen.add_argument("--data", help="the detector's CSV (default: its file in data/raw, e.g. creditcard.csv)")
+    gen.add_argument(
+        "--shards", type=int, default=0, metavar="N",
+        help="tag each point with shard = crc32(its id) %% N for N Kapacitor shards (default: no tag)",
+    )  # fmt: skip
+    gen.add_argument(
+        "--shard-key", choices=("auto", "id", "series"), default="auto",
+        help="hash the point's id or its series key (auto: the id when the detector has one)",
+    )  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print the final report as JSON")
     gen.set_defaults(func=run_generate, extras=("generate",))
 
@@ -119,6 +127,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dep.add_argument(
         "--wait", type=float, default=0.0, metavar="SECONDS",
         help="wait this long for Kapacitor to answer first (compose starts it in parallel)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--shard", type=int, default=os.environ.get("TICKGUARD_SHARD") or None, metavar="I",
+        help="this Kapacitor's shard: score only points tagged shard=I; alert tasks on shard 0 only "
+        "(default $TICKGUARD_SHARD; needs --shards)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--shards", type=int, default=os.environ.get("TICKGUARD_SHARDS") or None, metavar="N",
+        help="number of Kapacitor shards (default $TICKGUARD_SHARDS; 1 or unset = not sharded)",
     )  # fmt: skip
     dep.set_defaults(func=run_deploy, extras=("agent",))
 
@@ -187,6 +204,8 @@ def run_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_retries=args.max_retries,
         source_tag=args.source_tag,
+        shards=args.shards,
+        shard_key=args.shard_key,
     )
     rows = load_holdout(args.data, detector=spec)
     log.info(
@@ -237,11 +256,21 @@ def run_deploy(args: argparse.Namespace) -> int:
     names = args.detectors or (os.environ.get("TICKGUARD_DEPLOY_DETECTORS") or "fraud").split()
     specs = [load_detector(name) for name in dict.fromkeys(names)]
     overrides = {**default_overrides(), **parse_var_options(args.var)}
+    shard = None
+    if args.shards is not None and args.shards > 1:
+        from tickguard.stack.sharding import check_shards
+
+        if args.shard is None:
+            raise TickguardError(
+                f"--shards {args.shards} needs --shard (this Kapacitor's index, 0..{args.shards - 1})"
+            )
+        check_shards(args.shards, args.shard)
+        shard = (args.shard, args.shards)
     client = KapacitorClient(args.kapacitor_url)
     if args.wait > 0:
         client.wait_until_up(args.wait)
     for spec in specs:
-        for task in deploy(client, spec, overrides):
+        for task in deploy(client, spec, overrides, shard):
             state = "executing" if task.executing else f"NOT executing: {task.error}"
             print(f"deploy: {spec.name}: task {task.id} (template {task.raw.get('template-id')}) {state}")
     return 0

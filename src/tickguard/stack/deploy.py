@@ -25,6 +25,10 @@ no task uses any more.
 
 Overrides (`TICKVAR_<var>=<TICKscript literal>` in the environment, or `--var NAME=VALUE`) replace a
 template var's value in every task whose template declares it, typed as the template declares it.
+
+Sharded (`shard=(i, N)`, `--shard I --shards N`; the Helm chart's Kapacitor pods, tickguard.stack.sharding):
+the score task also keeps only the points tagged `shard == i`, and the three alert tasks run on shard 0
+only -- every Kapacitor receives every scored point, so alerting on each shard would alert N times.
 """
 
 from __future__ import annotations
@@ -185,9 +189,11 @@ def point_alert_message(spec: DetectorSpec) -> str:
     return f"{spec.name} flagged: " + ", ".join(parts)
 
 
-def plan(spec: DetectorSpec, overrides: Mapping[str, str] | None = None) -> list[PlannedTask]:
+def plan(
+    spec: DetectorSpec, overrides: Mapping[str, str] | None = None, shard: tuple[int, int] | None = None
+) -> list[PlannedTask]:
     """The four tasks of a detector with their vars; `overrides` (var -> TICKscript literal) replace a var in
-    every task whose template declares it."""
+    every task whose template declares it; `shard` = (index, count) plans shard `index`'s tasks."""
     from tickguard.agent.schema import SCORED, format_names, schema_for
 
     schema = schema_for(spec)
@@ -197,6 +203,10 @@ def plan(spec: DetectorSpec, overrides: Mapping[str, str] | None = None) -> list
     where = " AND ".join(
         f"{_field_ref(key)} == {tick_string(value)}" for key, value in sorted(source.tags.items())
     )
+    if shard is not None:
+        from tickguard.stack.sharding import shard_condition
+
+        where = " AND ".join(filter(None, (where, shard_condition(*shard))))
     flag = _field_ref(schema.flag_field)
     scored = f"{_field_ref(SCORED)} == TRUE"
     id_field = spec.output.id_field
@@ -245,6 +255,8 @@ def plan(spec: DetectorSpec, overrides: Mapping[str, str] | None = None) -> list
         errors_id: SCORING_ERRORS_TEMPLATE,
     }
     scripts = read_templates()
+    if shard is not None and shard[0] != 0:
+        templates = {score_id: SCORE_TEMPLATE}  # the alert tasks run on shard 0
     planned = []
     for task_id, template_id in templates.items():
         declared = declared_var_types(scripts[template_id])
@@ -307,14 +319,21 @@ def ensure_templates(client: KapacitorClient) -> list[str]:
 
 
 def deploy(
-    client: KapacitorClient, spec: DetectorSpec, overrides: Mapping[str, str] | None = None
+    client: KapacitorClient,
+    spec: DetectorSpec,
+    overrides: Mapping[str, str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[Task]:
     """Define and enable the detector's tasks from the templates; a task already as planned and running is
-    left alone. Returns the tasks as Kapacitor has them; a task that does not start raises DeployError."""
+    left alone. Returns the tasks as Kapacitor has them; a task that does not start raises DeployError.
+    `shard` = (index, count): shard `index`'s tasks (an alert task left from before on a shard > 0 goes)."""
     from tickguard.kapacitor_client import KapacitorError
 
-    planned = plan(spec, overrides)
+    planned = plan(spec, overrides, shard)
     ensure_templates(client)
+    if shard is not None and shard[0] != 0:
+        for task_id in task_ids(spec.name)[1:]:
+            client.delete_task(task_id)
     tasks = []
     for task in planned:
         try:
