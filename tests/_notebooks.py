@@ -7,7 +7,7 @@ from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # Notebooks with a test of their own (it prepares their environment and checks what they print).
-DEDICATED = {"05_rest_api", "06_live_deployment"}
+DEDICATED = {"05_rest_api", "06_live_deployment", "07_bring_your_own_data"}
 
 
 def numbered_notebooks() -> list[Path]:

@@ -1,7 +1,7 @@
 """Every numbered notebook runs top to bottom on the fast profile (TICKGUARD_FAST=1) without an error.
 
-05 and 06 have tests of their own (test_notebook_rest_api.py, test_e2e_notebook_live.py), which also
-check what they print; they are not run a second time here.
+05, 06 and 07 have tests of their own (test_notebook_rest_api.py, test_e2e_notebook_live.py,
+test_notebook_byod.py), which also check what they print; they are not run a second time here.
 """
 
 from __future__ import annotations

@@ -580,7 +580,8 @@ def run_local_stack(
         stack.start()
         if generator:
             for name in stack.detectors:
-                gens[name] = stack.generator(rate, count, loop=count is None, detector=name)
+                # Always looping: --count N is N points even when the holdout is shorter (a small CSV's is).
+                gens[name] = stack.generator(rate, count, loop=True, detector=name)
                 gens[name].start()
         each = " each" if len(stack.detectors) > 1 else ""
         if count and generator:
