@@ -1,0 +1,206 @@
+"""The bundled waterflow detector live (issue 17, item 4): unlabelled, window features, alerts.
+
+`tickguard up --local --detector waterflow` as a user runs it (tickguard.stack.local: the service serving
+models/waterflow/production (see `waterflow_models`), the agent, influxd and kapacitord with the detector's tasks deployed from the
+templates). Two stations replay river's hourly water-flow series with its real timestamps: `clean` as it
+is, `injected` with anomalies added by the seed-fixed injector (tickguard.data.inject): spikes, a level
+shift and a stuck sensor. Then:
+
+- points out = points in for each station; the unscored ones are exactly those whose window is not full
+  yet (error `warming up`), as tickguard.windows says for the same points;
+- every live score, expected_low and expected_high equals what the service answers for training's window
+  features of the same points (features_for_frame): the agent computes what training computes;
+- each injected anomaly is flagged and raises a waterflow_alert alert (Chronograf's alert history);
+- every panel of the generated waterflow dashboard, interpolated as Grafana would for the replayed range,
+  returns data, and its series panel shows each station's value, expected range and score.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from tests._wait import poll
+from tickguard.agent.schema import ERROR, EXPECTED_HIGH, EXPECTED_LOW, SCORED
+from tickguard.influx import InfluxClient, encode_line, quote_ident
+from tickguard.stack.local import LocalStack
+from tickguard.windows import OK, WARMING_UP, features_for_frame
+
+pytestmark = [pytest.mark.tick, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DETECTOR = "waterflow"
+ARRIVAL_TIMEOUT_S = 180
+# Where the anomalies go (point indexes of the 1,268-point series): after the longest window is full.
+SPIKES = (300, 600)
+LEVEL_SHIFT = (700, 850)
+STUCK = (950, 1150)
+CHUNK = 200  # lines per write request (100 hours of both stations)
+CAUGHT_WITHIN = 24  # points after a segment starts: a detection later than a day is not one
+
+
+def waterflow_models(root: Path) -> Path:
+    """`root` holding waterflow's models: the committed ones (models/waterflow/production is the shipped
+    model), else, in a checkout without them, a model trained here with the unsupervised training's code
+    and few trials (a few seconds)."""
+    committed = REPO / "models" / DETECTOR
+    if (committed / "production").exists():
+        (root / DETECTOR).symlink_to(committed, target_is_directory=True)
+        return root
+    from tickguard import modelstore
+    from tickguard.data.series import load_waterflow
+    from tickguard.detectors import load_detector
+    from tickguard.training.unsupervised import train_unsupervised
+
+    spec = load_detector(DETECTOR)
+    series = load_waterflow()
+    frame = series.frame.rename(columns={"series": spec.windows.group_by[0], "value": spec.feature_fields[0]})
+    train_unsupervised(spec, root / DETECTOR / "live-test", frame, period=series.period, n_trials=3)
+    modelstore.promote(root / DETECTOR, "live-test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tick_binaries, tmp_path_factory) -> LocalStack:
+    root = tmp_path_factory.mktemp("waterflow-models") / "models"
+    root.mkdir()
+    waterflow_models(root)
+    local = LocalStack(
+        tmp_path_factory.mktemp("waterflow-stack"), models_dir=root, detectors=(DETECTOR,), watchdog=False
+    )
+    local.start()
+    yield local
+    local.stop()
+
+
+def injected_copy(values: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """The series with spikes, a level shift and a stuck stretch; (kind, start, end) of each segment."""
+    from tickguard.data.inject import inject
+
+    segments: list[tuple[str, int, int]] = []
+    for kind, region, count, seed in (
+        ("spike", SPIKES, 3, 11),
+        ("level_shift", LEVEL_SHIFT, 1, 12),
+        ("stuck", STUCK, 1, 13),
+    ):
+        result = inject(values, kind, seed, period=24, count=count, region=region)
+        values = result.values
+        segments += [(s.kind, s.start, s.end) for s in result.segments]
+    return values, segments
+
+
+@pytest.fixture(scope="module")
+def replayed(stack: LocalStack) -> dict:
+    """Both stations written in time order (interleaved), waited for until every point is scored."""
+    from tickguard.data.series import load_waterflow
+
+    spec = stack.detectors[DETECTOR]
+    field, tag = spec.feature_fields[0], spec.windows.group_by[0]
+    series = load_waterflow().frame
+    values = series["value"].to_numpy(dtype=np.float64)
+    changed, segments = injected_copy(values)
+    frames = [
+        pd.DataFrame({"time": series["time"].to_numpy(), tag: station, field: data})
+        for station, data in (("clean", values), ("injected", changed))
+    ]
+    frame = pd.concat(frames, ignore_index=True).sort_values("time", kind="stable").reset_index(drop=True)
+    lines = [
+        encode_line(spec.source.measurement, {tag: station}, {field: value}, int(t))
+        for t, station, value in zip(frame["time"], frame[tag], frame[field], strict=True)
+    ]
+    client = InfluxClient(stack.influx_url, database=spec.source.database)
+    # InfluxDB's subscription forwards write requests concurrently (its write-concurrency), so the points of
+    # two requests in a row can reach Kapacitor in either order: the agent would place the late ones in time
+    # (late=true), but the order would be unknown here. Each request waits for the previous one's scores.
+    for offset in range(0, len(lines), CHUNK):
+        client.write(lines[offset : offset + CHUNK])
+        done = min(offset + CHUNK, len(lines))
+        scored = poll(lambda done=done: stack.scored_count(DETECTOR) >= done, ARRIVAL_TIMEOUT_S, 0.1)
+        assert scored, f"{stack.scored_count(DETECTOR)} of {done} points scored"
+    time.sleep(2)  # nothing more may arrive: exactly N
+    return {"frame": frame, "segments": segments, "tag": tag, "field": field}
+
+
+def scored_points(stack: LocalStack) -> pd.DataFrame:
+    spec = stack.detectors[DETECTOR]
+    rows = stack.query(f"SELECT * FROM {quote_ident(spec.output.measurement)}", spec.source.database)
+    return pd.DataFrame(rows)
+
+
+def test_points_out_equal_points_in_and_only_warming_up_points_leave_unscored(stack, replayed) -> None:
+    spec = stack.detectors[DETECTOR]
+    frame, tag = replayed["frame"], replayed["tag"]
+    out = scored_points(stack)
+    assert len(out) == len(frame)
+    assert out.groupby(tag).size().to_dict() == frame.groupby(tag).size().to_dict()
+    truth = features_for_frame(frame, spec)
+    unscored = out[out[SCORED] == False]  # noqa: E712 (a column of booleans)
+    assert set(unscored[ERROR]) == {WARMING_UP}
+    assert len(unscored) == int((truth["status"] != OK).sum())
+
+
+def test_live_scores_and_ranges_equal_the_services_on_trainings_features(stack, replayed) -> None:
+    spec = stack.detectors[DETECTOR]
+    frame, tag = replayed["frame"], replayed["tag"]
+    truth = features_for_frame(frame, spec)
+    ok = truth["status"] == OK
+    columns = list(spec.request_fields)
+    body = {"columns": columns, "data": truth.loc[ok, columns].to_numpy().tolist()}
+    answer = requests.post(f"{stack.api_url}/predict?model={DETECTOR}", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    expected = frame.loc[ok, ["time", tag]].assign(
+        score=[p["score"] for p in answer.json()["predictions"]],
+        low=truth.loc[ok, "expected_low"].to_numpy(),
+        high=truth.loc[ok, "expected_high"].to_numpy(),
+    )
+    live = scored_points(stack)
+    live = live[live[SCORED] == True]  # noqa: E712
+    merged = expected.merge(live, on=["time", tag], how="outer", validate="one_to_one", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    np.testing.assert_allclose(merged["score_y"], merged["score_x"], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(merged[EXPECTED_LOW], merged["low"])
+    np.testing.assert_array_equal(merged[EXPECTED_HIGH], merged["high"])
+
+
+def test_each_injected_anomaly_is_flagged_and_alerted(stack, replayed) -> None:
+    frame, tag = replayed["frame"], replayed["tag"]
+    injected_times = frame.loc[frame[tag] == "injected", "time"].to_numpy()
+    out = scored_points(stack)
+    flagged = set(out.loc[(out[tag] == "injected") & (out["anomaly"] == True), "time"])  # noqa: E712
+    alerts = poll(
+        lambda: stack.query(
+            f'SELECT "value" FROM "chronograf"."autogen"."alerts" WHERE "alertName" = \'{DETECTOR}_alert\'',
+            "chronograf",
+        ),
+        30,
+    )
+    alerted = {int(row["time"]) for row in alerts}
+    missed = []
+    for kind, start, end in replayed["segments"]:
+        window = set(injected_times[start : min(end + CAUGHT_WITHIN, len(injected_times))].tolist())
+        if not window & flagged & alerted:
+            missed.append((kind, start, end))
+    assert not missed, f"injected anomalies without a flagged, alerted point: {missed}"
+
+
+def test_dashboard_panels_show_the_series_with_its_range_and_score(stack, replayed) -> None:
+    from tickguard.stack.dashboards import detector_live, panel_queries
+
+    spec = stack.detectors[DETECTOR]
+    board = detector_live(spec)
+    times = replayed["frame"]["time"]
+    start_ms, end_ms = int(times.min()) // 10**6, int(times.max()) // 10**6
+    empty = []
+    for title, query in panel_queries(board, start_ms, end_ms):
+        rows = stack.query(query, spec.source.database)
+        if not any(value is not None for row in rows for key, value in row.items() if key != "time"):
+            empty.append((title, query))
+        if title == "Series, expected range and score":
+            stations = {row.get(replayed["tag"]) for row in rows}
+            assert stations == {"clean", "injected"}, (query, stations)
+    assert not empty, empty
