@@ -16,11 +16,9 @@ CACHE_DIR="${TICKGUARD_CACHE:-$HOME/.cache/tickguard}"
 LINK_DIR="$REPO_ROOT/.k8s/bin"
 BUILD_JOBS="${TICKGUARD_BUILD_JOBS:-2}"
 
-log() { echo "build-k8s-tools: $*"; }
-die() {
-  echo "build-k8s-tools: ERROR: $*" >&2
-  exit 1
-}
+# Progress and errors on stderr; `fail` ends the build with status 1.
+say() { echo "build-k8s-tools: $*" >&2; }
+fail() { say "ERROR: $*"; exit 1; }
 
 # Go >= 1.24 (helm 3.19's go.mod): the machine's, or the one scripts/build-tick.sh fetched into the cache.
 find_go() {
@@ -40,7 +38,7 @@ find_go() {
   done
   return 1
 }
-find_go || die "Go >= 1.24 is needed to build helm $HELM_VERSION (run 'make tick' first: it fetches Go \
+find_go || fail "Go >= 1.24 is needed to build helm $HELM_VERSION (run 'make tick' first: it fetches Go \
 from the module proxy when the machine has none), found: $(go version 2>/dev/null || echo none)"
 
 export GO111MODULE=on GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
@@ -50,20 +48,20 @@ hash="$(cat "$MODULE_DIR"/go.mod "$MODULE_DIR"/go.sum "$MODULE_DIR"/*.go | sha25
 out="$CACHE_DIR/bin/k8s-tools-$hash-$(go env GOVERSION)"
 mkdir -p "$LINK_DIR"
 if [ -x "$out/helm" ] && [ -x "$out/k8s-validate" ]; then
-  log "cached ($out)"
+  say "cached ($out)"
 else
   started=$SECONDS
   mkdir -p "$out.tmp"
-  log "building helm $HELM_VERSION and k8s-validate with $(go version | cut -d' ' -f3) (~4-6 min cold on 2 cores)..."
+  say "building helm $HELM_VERSION and k8s-validate with $(go version | cut -d' ' -f3) (~4-6 min cold on 2 cores)..."
   (cd "$MODULE_DIR" && nice -n 10 go build -p "$BUILD_JOBS" -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    -o "$out.tmp/helm" helm.sh/helm/v3/cmd/helm) || die "building helm failed (errors above)"
+    -o "$out.tmp/helm" helm.sh/helm/v3/cmd/helm) || fail "building helm failed (errors above)"
   (cd "$MODULE_DIR" && nice -n 10 go build -p "$BUILD_JOBS" -trimpath -ldflags "-s -w" \
-    -o "$out.tmp/k8s-validate" .) || die "building k8s-validate failed (errors above)"
-  "$out.tmp/helm" version --short | grep -q "$HELM_VERSION" || die "built helm does not report $HELM_VERSION"
+    -o "$out.tmp/k8s-validate" .) || fail "building k8s-validate failed (errors above)"
+  "$out.tmp/helm" version --short | grep -q "$HELM_VERSION" || fail "built helm does not report $HELM_VERSION"
   rm -rf "$out" && mv "$out.tmp" "$out"
-  log "built in $((SECONDS - started)) s"
+  say "built in $((SECONDS - started)) s"
 fi
 ln -sfn "$out/helm" "$LINK_DIR/helm"
 ln -sfn "$out/k8s-validate" "$LINK_DIR/k8s-validate"
-log "ready in $LINK_DIR: $("$LINK_DIR/helm" version --short)"
+say "ready in $LINK_DIR: $("$LINK_DIR/helm" version --short)"

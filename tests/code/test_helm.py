@@ -100,6 +100,18 @@ def test_chart_renders_objects_the_api_types_accept(values, default_manifest, sh
     assert count >= 20  # every component rendered, not an empty stream
 
 
+@pytest.mark.parametrize("values", [[], ["-f", str(SHARDED_VALUES)]], ids=["default", "sharded"])
+def test_chart_passes_helm_lint_strict(values):
+    result = subprocess.run(
+        [tool("helm"), "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *values],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
 def test_default_chart_serves_every_bundled_model(default_manifest):
     docs = objects(default_manifest)
     api = find(docs, "Deployment", "-api")
