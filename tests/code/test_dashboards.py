@@ -173,3 +173,13 @@ def test_pipeline_health_reads_every_detectors_tasks() -> None:
     for name in ("fraud", "shuttle", "my-data"):
         assert all(tasks.fullmatch(task_id) for task_id in task_ids(name))
     assert not tasks.fullmatch("kapacitor_stats")
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_every_query_names_its_database_so_one_datasource_serves_every_detector(path: Path) -> None:
+    import re
+
+    for panel in load(path)["panels"]:
+        for target in panel["targets"]:
+            sources = re.findall(r'FROM ("[^"]+"\.("[^"]*")?\.)?', target["query"])
+            assert sources and all(database for database, _rp in sources), (panel["title"], target["query"])

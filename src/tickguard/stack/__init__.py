@@ -1,1 +1,2 @@
-"""The stack: holdout replay generator, Kapacitor task loading and the local (no-Docker) pipeline."""
+"""The stack: holdout replay generator, Kapacitor tasks (shared scripts, detectors deployed from task templates),
+Grafana dashboards and the local (no-Docker) pipeline."""
