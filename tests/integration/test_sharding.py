@@ -1,30 +1,33 @@
 """Two Kapacitor shards on one machine: one influxd, two kapacitord each with its own UDF agent, one
 scoring service -- the Helm chart's `shards: 2` (deploy/helm/tickguard), without a cluster.
 
-The producer (the product's generator, tickguard.stack.generator with `shards=2`) tags every point with
-`shard` = crc32(txid) % 2; InfluxDB pushes every point to both Kapacitors; each shard's tasks are defined
-as the chart's tasks sidecar defines them (`tickguard deploy --shard i --shards 2`: tickguard.stack.deploy
-with `shard=(i, 2)`), so shard i's score task keeps the points tagged i and only shard 0 alerts. Proven here: every point is scored by exactly one shard
-(Kapacitor's own node counters), points out = points in, per shard too; and when one kapacitord is
-SIGKILLed mid-stream and comes back, the watchdog reports its outage and the backfill re-scores that
-shard's lost points -- only that shard's.
+Each shard is set up as the chart's Kapacitor pod is: the agent is `tickguard udf` in its own process,
+started before its kapacitord, with the chart's environment (its Kapacitor's URL, so its built-in
+watchdog heals that Kapacitor's tasks; InfluxDB's URL, so it backfills after a heal; and
+TICKGUARD_BACKFILL_WHERE = its shard's points), and the shard's tasks are defined as the chart's tasks
+sidecar defines them (`tickguard deploy --shard i --shards 2`, tickguard.stack.deploy with shard=(i, 2)).
+The producer (the product's generator with `shards=2`) tags every point with `shard` = crc32(txid) % 2.
+
+Proven here: every point is scored by exactly one shard (Kapacitor's own node counters), points out =
+points in, per shard too; and when one kapacitord is SIGKILLed mid-stream and comes back, its agent's
+watchdog reports the outage and the backfill re-scores that shard's lost points -- only that shard's.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 
-from tests.fixtures.udf import ScoringServiceThread
-from tickguard.agent.watchdog import Watchdog
+from tests._wait import poll
+from tests.fixtures.udf import ScoringServiceThread, short_socket_dir
 from tickguard.influx import InfluxClient, iter_rows, quote_ident
-from tickguard.ops.backfill import heal_hook
-from tickguard.ops.config import backfill_settings
-from tickguard.runtime import KapacitorServer
+from tickguard.runtime import KapacitorServer, TickRuntime
 from tickguard.stack.generator import InfluxWriter, ReplayPlan, replay
+from tickguard.stack.local import ChildProcess, _socket_accepts
 from tickguard.stack.sharding import SHARD_TAG, shard_influxql
 
 pytestmark = pytest.mark.tick
@@ -40,9 +43,16 @@ UDF_TIMEOUT = "10s"
 class ShardedStack:
     """influxd + two kapacitord (one per shard), each dialing its own in-process UDF agent."""
 
-    def __init__(self, runtime, kapacitors: list[KapacitorServer], service: ScoringServiceThread):
+    def __init__(
+        self,
+        runtime,
+        kapacitors: list[KapacitorServer],
+        agents: list[ChildProcess],
+        service: ScoringServiceThread,
+    ):
         self.runtime = runtime
         self.kapacitors = kapacitors
+        self.agents = agents
         self.service = service
         self.influx = InfluxClient(runtime.influx_url, database=DATABASE)
         self.tasks: dict[int, list[str]] = {}  # shard -> the task ids deployed on it
@@ -117,28 +127,62 @@ class ShardedStack:
         return int(task.node_stats(from_node)["emitted"])
 
 
+def agent_env(shard: int, kapacitor: KapacitorServer, runtime, service) -> dict[str, str]:
+    """The agent sidecar's environment in the chart (deploy/helm/tickguard/templates/kapacitor.yaml)."""
+    return {
+        "TICKGUARD_SCORING_URL": service.url,
+        "TICKGUARD_KAPACITOR_URL": kapacitor.url,
+        "TICKGUARD_INFLUXDB_URL": runtime.influx_url,
+        "TICKGUARD_INFLUXDB_USER": "",
+        "TICKGUARD_INFLUXDB_PASSWORD": "",
+        "TICKGUARD_BACKFILL_WHERE": shard_influxql(shard, SHARDS),
+        "TICKGUARD_WATCHDOG_INTERVAL": "0.3",  # the chart keeps the 2 s default; the test is in a hurry
+    }
+
+
 @pytest.fixture
-def sharded_stack(tick_runtime_factory, udf_agent_factory, udf_model_dir, tick_binaries, tmp_path_factory):
+def sharded_stack(tick_binaries, udf_model_dir, tmp_path_factory):
     service = ScoringServiceThread(udf_model_dir).start()
-    agents = [udf_agent_factory(url=service.url) for _ in range(SHARDS)]
-    runtime = tick_runtime_factory(udfs={"tickguard": (agents[0].socket_path, UDF_TIMEOUT)})
-    second = KapacitorServer(
-        tick_binaries.kapacitord,
-        tmp_path_factory.mktemp("kapacitor-shard1"),
-        influx=runtime.influx,
-        udfs={"tickguard": (agents[1].socket_path, UDF_TIMEOUT)},
-    )
-    second.start()
+    workdir = tmp_path_factory.mktemp("shards")
+    runtime = TickRuntime(workdir / "influx", with_kapacitor=False, binaries=tick_binaries)
+    kapacitors: list[KapacitorServer] = []
+    agents: list[ChildProcess] = []
     try:
-        runtime.create_database(DATABASE)
+        runtime.start()
+        for shard in range(SHARDS):
+            socket_path = short_socket_dir() / "udf.sock"
+            kapacitor = KapacitorServer(
+                tick_binaries.kapacitord,
+                workdir / f"kapacitord-{shard}",
+                influx=runtime.influx,
+                udfs={"tickguard": (socket_path, UDF_TIMEOUT)},
+            )
+            agent = ChildProcess(
+                f"agent of shard {shard}",
+                ["udf", "--socket", str(socket_path), "--url", service.url, "--metrics-port", "0"],
+                workdir / f"agent-{shard}.log",
+                env=agent_env(shard, kapacitor, runtime, service),
+            )
+            agents.append(agent)
+            agent.start()  # before Kapacitor, which dials the socket at startup (the chart's native sidecar)
+            assert poll(lambda path=socket_path: path.exists() and _socket_accepts(path), 30, 0.2), (
+                agent.fail("")
+            )
+            kapacitors.append(kapacitor)
+            kapacitor.start()
+        runtime.influx.create_database(DATABASE)
         runtime.influx.create_database("chronograf")  # the alert history the alert tasks write
-        for server in (runtime.kapacitor, second):
-            runtime.influx.wait_for_subscription(DATABASE, server.port, 15)
-        stack = ShardedStack(runtime, [runtime.kapacitor, second], service)
-        stack.tasks = stack.define_tasks(tmp_path_factory.mktemp("alerts"))
+        for kapacitor in kapacitors:
+            runtime.influx.wait_for_subscription(DATABASE, kapacitor.port, 15)
+        stack = ShardedStack(runtime, kapacitors, agents, service)
+        stack.tasks = stack.define_tasks(workdir)
         yield stack
     finally:
-        second.stop()
+        for kapacitor in kapacitors:
+            kapacitor.stop()
+        for agent in agents:
+            agent.stop()
+        runtime.stop()
         service.stop()
 
 
@@ -164,51 +208,25 @@ def test_every_point_is_scored_by_exactly_one_shard(sharded_stack, replay_rows):
 
 def test_killed_shard_is_healed_by_the_watchdog_and_backfill(sharded_stack, replay_rows):
     victim = 1
-    server = sharded_stack.kapacitors[victim]
-    settings = replace(
-        backfill_settings({}),
-        influx_url=sharded_stack.runtime.influx_url,
-        username="",
-        password="",
-        database=DATABASE,
-        source_measurement=SOURCE,
-        scored_measurement=SCORED,
-        api_url=sharded_stack.service.url,
-        label_field="Class",
-        id_field="txid",
-        where=shard_influxql(victim, SHARDS),  # the shard's agent has this from TICKGUARD_BACKFILL_WHERE
-    )
-    backfills = []
-    done = threading.Event()
-    events = []
-    watchdog = Watchdog(
-        server.url,
-        ["tickguard"],
-        interval_s=0.3,
-        on_healed=[
-            events.append,
-            heal_hook(settings, settle_s=2.0, on_done=lambda r: (backfills.append(r), done.set())),
-        ],
-    )
-    watchdog.start()
-    try:
-        rows = replay_rows.iloc[3000:7000]
-        outcome: dict = {}
-        producer = threading.Thread(
-            target=lambda: outcome.update(report=sharded_stack.replay(rows, rate=400))
-        )
-        producer.start()
-        time.sleep(3)
-        server.kill()  # the shard's Kapacitor crashes; InfluxDB's pushes to it fail meanwhile
-        time.sleep(3)
-        server.start()  # ... and comes back (a StatefulSet restarts the pod) with its task stored
-        producer.join(60)
-        report = outcome["report"]
-        assert report.written == 4000 and report.failed == 0
-        assert done.wait(60), f"no backfill after the heal; heal events: {events}"
-    finally:
-        watchdog.stop()
-    assert [e.task_id for e in events] == [TASK_ID] and "unreachable" in events[0].error
+    kapacitor = sharded_stack.kapacitors[victim]
+    agent_log = sharded_stack.agents[victim].log_path
+    rows = replay_rows.iloc[3000:7000]
+    outcome: dict = {}
+    producer = threading.Thread(target=lambda: outcome.update(report=sharded_stack.replay(rows, rate=400)))
+    producer.start()
+    time.sleep(3)
+    kapacitor.kill()  # the shard's Kapacitor crashes; InfluxDB's pushes to it fail meanwhile
+    time.sleep(3)
+    kapacitor.start()  # ... and comes back (a StatefulSet restarts the pod) with its tasks stored
+    producer.join(60)
+    report = outcome["report"]
+    assert report.written == 4000 and report.failed == 0
+    # The agent's own watchdog saw its Kapacitor come back and backfilled the outage (after a 5 s settle).
+    done = poll(lambda: re.search(r"backfill after heal of score: .*wrote (\d+)", agent_log.read_text()), 60)
+    assert done, agent_log.read_text()[-3000:]
+    assert "Kapacitor answers again; task score executing" in agent_log.read_text()
+    other_log = sharded_stack.agents[1 - victim].log_path.read_text()
+    assert "backfill after heal of" not in other_log and "Kapacitor answers again" not in other_log
     points_in, points_out = sharded_stack.wait_settled(report.first_time_ns, report.last_time_ns)
     assert sum(points_in.values()) == 4000
     assert points_out == points_in  # every point of both shards left scored, the lost ones backfilled
@@ -217,5 +235,5 @@ def test_killed_shard_is_healed_by_the_watchdog_and_backfill(sharded_stack, repl
     )
     # Only the killed shard's points were backfilled (its outage: ~3 s at ~200 points/s per shard).
     assert set(backfilled) == {str(victim)} and backfilled[str(victim)] >= 200, backfilled
-    assert backfills[0].written == backfilled[str(victim)]
+    assert int(done.group(1)) == backfilled[str(victim)]
     assert sharded_stack.distinct_scored_txids(report.first_time_ns, report.last_time_ns) == 4000
