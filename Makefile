@@ -31,9 +31,11 @@ tick: ## build kapacitord/kapacitor 1.7.6 and influxd/influx 1.8.10 into .tick/b
 k8s: tick ## build helm and the strict Kubernetes manifest validator into .k8s/bin (cached; needs Go: after tick)
 	@bash scripts/build-k8s-tools.sh
 
-data: venv ## fetch the bundled detectors' data sets (fraud, shuttle) into data/raw (hash-verified)
+data: venv ## fetch the bundled detectors' data sets (fraud, shuttle, waterflow) and the unsupervised benchmark's series into data/raw (hash-verified)
 	$(VENV)/bin/tickguard data fetch --detector fraud
 	$(VENV)/bin/tickguard data fetch --detector shuttle
+	$(VENV)/bin/tickguard data fetch --detector waterflow
+	$(VENV)/bin/python -c "from tickguard.data.series import load_series; [load_series(n) for n in ('sp500', 'airline')]"
 
 proto: venv ## regenerate the protocol bindings: the UDF's (udf/udf.proto) and gRPC inference's (src/tickguard/proto)
 	$(PY) -m grpc_tools.protoc -Iudf --python_out=src/tickguard/agent --pyi_out=src/tickguard/agent udf/udf.proto

@@ -99,7 +99,7 @@ def test_shuttle_detector_declares_its_synthetic_time() -> None:
 
 
 def test_list_finds_the_bundled_detectors_and_env_dir_comes_first(tmp_path: Path) -> None:
-    assert [s.name for s in list_detectors(env={})] == ["fraud", "shuttle"]
+    assert [s.name for s in list_detectors(env={})] == ["fraud", "shuttle", "waterflow"]
     mine = tmp_path / "mine"
     mine.mkdir()
     override = edited('description = "Kaggle', 'description = "my own copy of Kaggle')
@@ -107,8 +107,8 @@ def test_list_finds_the_bundled_detectors_and_env_dir_comes_first(tmp_path: Path
     env = {"TICKGUARD_DETECTORS_DIR": str(mine)}
     assert detectors_dirs(env)[0] == mine
     assert load_detector("fraud", env=env).description.startswith("my own copy")
-    assert [s.name for s in list_detectors(env=env)] == ["fraud", "shuttle"]
-    with pytest.raises(DetectorError, match=r"no detector 'nope' in .*\(known: fraud, shuttle\)"):
+    assert [s.name for s in list_detectors(env=env)] == ["fraud", "shuttle", "waterflow"]
+    with pytest.raises(DetectorError, match=r"no detector 'nope' in .*\(known: fraud, shuttle, waterflow\)"):
         load_detector("nope", env=env)
 
 

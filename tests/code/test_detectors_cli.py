@@ -32,7 +32,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_list_show_validate(capsys, tmp_path: Path) -> None:
     code, out, _ = run(capsys, "detectors", "list")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()] == ["fraud", "shuttle"]
+    assert [line.split()[0] for line in out.splitlines()] == ["fraud", "shuttle", "waterflow"]
     assert "fraud.autogen.transactions -> transactions_scored; 30 features; Class in [1]" in out
 
     code, out, _ = run(capsys, "detectors", "show", "fraud")

@@ -46,6 +46,8 @@ def cmd_train(args) -> int:
     )
     if args.timeout == 0:
         profile = replace(profile, timeout_s=None)
+    if spec.label is None and spec.anomaly is not None:
+        return _train_unsupervised(args, spec, profile)
     frame = source = None
     if args.from_influx:
         import tempfile
@@ -62,6 +64,31 @@ def cmd_train(args) -> int:
         promote=args.promote or (not args.fast),
         frame=frame,
         data_source=source,
+    )
+    print(out)
+    return 0
+
+
+def _train_unsupervised(args, spec, profile) -> int:
+    """An unlabelled detector ([anomaly]): tickguard.training.unsupervised (window features, injected
+    validation anomalies, a contamination or alert-rate threshold)."""
+    from tickguard import modelstore
+    from tickguard.training.unsupervised import train_detector
+
+    if args.from_influx:
+        raise TickguardError(
+            f"train --from-influx is not supported for the unlabelled detector {spec.name} yet"
+        )
+    models_root = modelstore.detector_models_dir(config.models_dir(), spec.name)
+    out = train_detector(
+        spec,
+        n_trials=profile.n_trials,
+        seed=profile.seed,
+        models_root=models_root,
+        out_dir=args.out,
+        data_path=args.data,
+        promote=args.promote or (not args.fast),
+        timeout_s=profile.timeout_s,
     )
     print(out)
     return 0
