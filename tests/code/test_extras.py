@@ -73,9 +73,18 @@ NEEDS_EXTRAS = {
     ("models", "import", "v1", "m.joblib", "--detector", "fraud"): (
         "tickguard models needs the 'serve' extra: pip install 'tickguard[serve]'"
     ),
+    (
+        "deploy",
+        "--detector",
+        "fraud",
+    ): "tickguard deploy needs the 'agent' extra: pip install 'tickguard[agent]'",
+    ("undeploy", "--detector", "fraud"): (
+        "tickguard undeploy needs the 'agent' extra: pip install 'tickguard[agent]'"
+    ),
 }
-# `data fetch` and `detectors` run on a bare install (tests below); `data info` is listed above
-LIGHT_COMMANDS = {"data", "detectors"}
+# `data fetch`, `detectors` and `dashboards` (without --influx-url) run on a bare install (tests below);
+# `data info` is listed above
+LIGHT_COMMANDS = {"data", "detectors", "dashboards"}
 
 
 def normalized(name: str) -> str:
@@ -216,6 +225,19 @@ def test_detectors_commands_need_no_extra(bare_cli) -> None:
         "tickguard detectors new: error: tickguard detectors new --influx-url needs the 'agent' extra: "
         "pip install 'tickguard[agent]'"
     ]
+
+
+def test_dashboards_are_written_on_a_bare_install(bare_cli, workdir: Path) -> None:
+    """A detector's dashboard is JSON from its file; only checking it against InfluxDB needs `agent`."""
+    out = workdir / "dashboards"
+    written = bare_cli("dashboards", "--detector", "shuttle", "--out", str(out))
+    assert written.returncode == 0, written.stderr
+    assert json.loads((out / "shuttle-live.json").read_text())["uid"] == "tickguard-shuttle-live"
+    checked = bare_cli(
+        "dashboards", "--detector", "shuttle", "--out", str(out), "--influx-url", "http://127.0.0.1:9"
+    )
+    assert checked.returncode == 1
+    assert "tickguard dashboards --influx-url needs the 'agent' extra" in checked.stderr
 
 
 def test_models_list_needs_no_extra(bare_cli, workdir: Path) -> None:

@@ -17,23 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.code.test_stack_tasks import awkward_detector
 from tests.fixtures.tmp_hygiene import short_dir
 from tickguard.detectors import load_detector
 from tickguard.stack import deploy
-
-
-def awkward_detector(directory: Path):
-    """A detector whose names need quoting everywhere: spaces, dots, quotes, a tag filter; no label."""
-    path = directory / "odd-one.toml"
-    path.write_text(
-        'name = "odd-one"\n'
-        'features = ["sensor one", "it\'s.two", \'say "3"\']\n'
-        '[source]\ndatabase = "odd db"\nmeasurement = "read ings"\ntags = { "site id" = "north\'s" }\n'
-        '[data]\ncsv = "odd.csv"\n[time]\ncolumn = ""\nsynthetic_step_seconds = 1\n'
-        '[output]\nmeasurement = "read ings scored"\nid_field = "row id"\ndisplay_fields = ["it\'s.two"]\n'
-        '[threshold]\npolicy = "fixed"\ntarget = 0.5\n'
-    )
-    return load_detector(path)
 
 
 def _by_id(spec, overrides=None) -> dict[str, deploy.PlannedTask]:
@@ -195,8 +182,8 @@ def test_kapacitor_makes_and_starts_every_detectors_tasks_from_the_templates(kap
     assert (read.database, read.source_measurement) == ("odd db", "read ings")
     assert (read.output_database, read.output_measurement) == ("odd db", "read ings scored")
     (keep,) = read.options.last("keep")
-    assert parse_names(keep) == ("row id", "it's.two")
-    assert read.options.last("labelField") == ("",)
+    assert parse_names(keep) == ("row id", "it's.two", "is bad")
+    assert read.options.last("labelField") == ("is bad",)
     fraud = fetch_live_task(settings, "score")
     assert (fraud.source_measurement, fraud.output_measurement) == ("transactions", "transactions_scored")
     assert fraud.options.last("model") == ("fraud",) and fraud.options.last("labelField") == ("Class",)

@@ -55,3 +55,20 @@ def test_tick_strings_escape_quotes_and_refuse_what_kapacitor_cannot_read() -> N
     assert tasks.tick_string("a\\b") == "'a\\b'"  # Kapacitor keeps a backslash that precedes no quote
     with pytest.raises(TickguardError, match="backslash"):
         tasks.tick_string("ends\\")
+
+
+def awkward_detector(directory: Path):
+    """A detector whose names need quoting everywhere: spaces, dots, quotes, a tag filter."""
+    from tickguard.detectors import load_detector
+
+    path = directory / "odd-one.toml"
+    path.write_text(
+        'name = "odd-one"\n'
+        'features = ["sensor one", "it\'s.two", \'say "3"\']\n'
+        '[source]\ndatabase = "odd db"\nmeasurement = "read ings"\ntags = { "site id" = "north\'s" }\n'
+        '[data]\ncsv = "odd.csv"\n[time]\ncolumn = ""\nsynthetic_step_seconds = 1\n'
+        '[label]\nfield = "is bad"\npositive = ["yes"]\n'
+        '[output]\nmeasurement = "read ings scored"\nid_field = "row id"\ndisplay_fields = ["it\'s.two"]\n'
+        '[threshold]\npolicy = "fixed"\ntarget = 0.5\n'
+    )
+    return load_detector(path)

@@ -120,3 +120,70 @@ def _lines(path: Path, at_least: int) -> list[str]:
     """The file's lines once it has at least `at_least` of them, else []."""
     lines = path.read_text().splitlines() if path.is_file() else []
     return lines if len(lines) >= at_least else []
+
+
+def test_a_windowed_detectors_alert_names_the_series_value_and_expected_range(tick_runtime, tmp_path) -> None:
+    """No id field but `[windows] group_by`: one alert ID per series, the message says which and why."""
+    path = tmp_path / "pipes.toml"
+    path.write_text(
+        'name = "pipes"\nfeatures = ["flow"]\n'
+        '[source]\ndatabase = "pipes"\nmeasurement = "flow"\n'
+        '[time]\ncolumn = ""\nsynthetic_step_seconds = 1\n'
+        '[output]\nmeasurement = "flow_scored"\n'
+        '[windows]\ngroup_by = ["station", "line"]\nlags = [1]\nexpected_range = { window = 0, k = 3.0 }\n'
+        '[[windows.rolling]]\npoints = 4\nstats = ["median", "mad"]\n'
+        '[anomaly]\nmodel = "robust_zscore"\ncontamination = 0.01\n'
+    )
+    spec = load_detector(path)
+    log = tmp_path / "alerts.log"
+    overrides = {**tasks.alert_output_vars(log, tmp_path / "alerts.json"), "group_idle": GROUP_IDLE}
+    planned = {t.task_id: t for t in deploy.plan(spec, overrides)}["pipes_alert"]
+    tick_runtime.create_database("pipes")
+    client = tick_runtime.kapacitor_client()
+    client.define_template(planned.template_id, deploy.read_templates()[planned.template_id])
+    task = client.define_task_from_template(
+        "pipes_alert", planned.template_id, dbrps=planned.dbrps, vars=planned.vars
+    )
+    assert task.executing, task.error
+    now = time.time_ns()
+    point = (
+        "flow_scored,station={s},line={l} flow={v},expected_low=1.5,expected_high=2.25,score={p},"
+        "anomaly={a},scored=true {t}"
+    )
+    tick_runtime.influx.write_lines(
+        [
+            point.format(s="north", l="a", v=9.5, p=0.97, a="true", t=now),
+            point.format(s="south", l="b", v=0.1, p=0.91, a="true", t=now + 1_000_000),
+            point.format(s="south", l="b", v=2.0, p=0.10, a="false", t=now + 2_000_000),
+        ],
+        "pipes",
+    )
+    lines = poll(lambda: _lines(log, 2), 30, 0.25)
+    parsed = sorted((LINE.match(line) for line in lines), key=lambda m: m and m["id"])
+    assert [(m["id"], m["message"]) for m in parsed] == [
+        (
+            "pipes_alert:north/a",
+            "pipes flagged: station north, line a, flow 9.5 (expected 1.500 .. 2.250), score 0.970",
+        ),
+        (
+            "pipes_alert:south/b",
+            "pipes flagged: station south, line b, flow 0.1 (expected 1.500 .. 2.250), score 0.910",
+        ),
+    ]
+    rows = poll(
+        lambda: _alert_rows(tick_runtime, 2),
+        15,
+        0.25,
+    )
+    assert {(r["alertID"], r["station"]) for r in rows} == {
+        ("pipes_alert:north/a", "north"),
+        ("pipes_alert:south/b", "south"),
+    }
+
+
+def _alert_rows(runtime, at_least: int) -> list[dict]:
+    try:
+        rows = runtime.influx.select('SELECT * FROM "alerts"', "chronograf")
+    except Exception:  # the chronograf database appears with the first alert
+        return []
+    return rows if len(rows) >= at_least else []

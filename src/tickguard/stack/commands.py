@@ -300,6 +300,11 @@ def run_dashboards(args: argparse.Namespace) -> int:
     from tickguard.stack import dashboards
     from tickguard.stack.tasks import repo_root
 
+    if args.influx_url:
+        from tickguard.cli import extras_hint, missing_extras
+
+        if missing_extras(("agent",)):  # writing the JSON needs nothing; querying InfluxDB needs requests
+            raise TickguardError(extras_hint("dashboards --influx-url", ["agent"]))
     out = Path(args.out) if args.out else repo_root() / "grafana" / "dashboards"
     empty = 0
     for name in dict.fromkeys(args.detectors):

@@ -177,16 +177,46 @@ def _field_ref(name: str) -> str:
 
 
 def point_alert_message(spec: DetectorSpec) -> str:
-    """The per-point alert's message template: the detector, its id and display fields, the score."""
-    from tickguard.agent.schema import schema_for
+    """The per-point alert's message template: the detector, its id and display fields, the score; a
+    windowed detector's also names the series (its group_by tags), the values and the expected range its
+    window gave the point, so the alert says which series and why."""
+    from tickguard.agent.schema import EXPECTED_HIGH, EXPECTED_LOW, schema_for
 
     schema = schema_for(spec)
     shown = [name for name in (spec.output.id_field, *spec.output.display_fields) if name]
-    parts = [f"{name} {{{{ index .Fields {_go_string(name)} }}}}" for name in shown]
+    parts = [f"{tag} {{{{ index .Tags {_go_string(tag)} }}}}" for tag in _series_tags(spec)]
+    parts += [f"{name} {{{{ index .Fields {_go_string(name)} }}}}" for name in shown]
+    if spec.windows is not None:
+        expected = ""
+        if schema.expected_range:
+            low, high = (
+                f'{{{{ index .Fields {_go_string(n)} | printf "%.3f" }}}}'
+                for n in (EXPECTED_LOW, EXPECTED_HIGH)
+            )
+            expected = f" (expected {low} .. {high})"
+        parts += [
+            f"{name} {{{{ index .Fields {_go_string(name)} }}}}{expected}" for name in spec.feature_fields
+        ]
     parts.append(
         f'{schema.score_field} {{{{ index .Fields {_go_string(schema.score_field)} | printf "%.3f" }}}}'
     )
     return f"{spec.name} flagged: " + ", ".join(parts)
+
+
+def _series_tags(spec: DetectorSpec) -> tuple[str, ...]:
+    """The tags naming a windowed detector's series (its `[windows] group_by`), else none."""
+    return tuple(spec.windows.group_by) if spec.windows is not None else ()
+
+
+def _alert_key(spec: DetectorSpec) -> str | None:
+    """The lambda giving a flagged point's alert key: its id field, else its series' tags joined by '/',
+    else None (the detector's points share one alert ID)."""
+    if spec.output.id_field:
+        return f"string({_field_ref(spec.output.id_field)})"
+    tags = _series_tags(spec)
+    if tags:
+        return " + '/' + ".join(f"string({_field_ref(tag)})" for tag in tags)
+    return None
 
 
 def plan(
@@ -210,6 +240,7 @@ def plan(
     flag = _field_ref(schema.flag_field)
     scored = f"{_field_ref(SCORED)} == TRUE"
     id_field = spec.output.id_field
+    alert_key = _alert_key(spec)
     history = ["value", "message", "duration", *(n for n in (id_field, *spec.output.display_fields) if n)]
     values: dict[str, dict[str, Any]] = {
         score_id: {
@@ -227,8 +258,8 @@ def plan(
         alert_id: {
             "scored_measurement": schema.measurement,
             "flagged_filter": ("lambda", f"{scored} AND {flag} == TRUE"),
-            "alert_key": ("lambda", f"string({_field_ref(id_field)})" if id_field else f"'{NO_ID_KEY}'"),
-            "alert_id": '{{ .TaskName }}:{{ index .Tags "alert_key" }}' if id_field else "{{ .TaskName }}",
+            "alert_key": ("lambda", alert_key or f"'{NO_ID_KEY}'"),
+            "alert_id": '{{ .TaskName }}:{{ index .Tags "alert_key" }}' if alert_key else "{{ .TaskName }}",
             "message": point_alert_message(spec),
             "score_value": ("lambda", f"float({_field_ref(schema.score_field)})"),
             "history_fields": ("list", history),
