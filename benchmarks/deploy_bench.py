@@ -16,10 +16,7 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,25 +29,19 @@ RESULTS = Path(__file__).parent / "results" / "deploy.json"
 DETECTORS = ("fraud", "shuttle")
 
 
-def echo_agent(directory: Path) -> tuple[subprocess.Popen, Path]:
-    """The UDF agent in echo mode on a socket in `directory`, once it accepts connections."""
-    path = directory / "udf.sock"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "tickguard.cli", "udf", "--socket", str(path), "--mode", "echo"]
-        + ["--metrics-port", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(path))
-                return agent, path
-            except OSError:
-                time.sleep(0.1)
-    agent.kill()
-    raise SystemExit("the echo agent did not listen within 30 s")
+def echo_agent(directory: Path):
+    """The UDF agent in echo mode, in this process, listening on a socket in `directory`."""
+    from dataclasses import replace
+
+    from tickguard.agent import udf_pb2 as pb
+    from tickguard.agent.config import agent_settings
+    from tickguard.agent.server import Listener, UdfServer
+
+    settings = replace(agent_settings({}), mode="echo", metrics_port=0, log_interval_s=0, kapacitor_url="")
+    listener = Listener(directory / "udf.sock", pb.STREAM)
+    server = UdfServer(settings, [listener])
+    server.start()
+    return server, listener.path
 
 
 def timed(step) -> float:
@@ -84,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             steps["undeploy"].append(timed(lambda: [deploy.undeploy(client, spec.name) for spec in specs]))
     finally:
         runtime.stop()
-        agent.terminate()
-        agent.wait(10)
+        agent.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     result = {

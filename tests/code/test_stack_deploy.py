@@ -2,23 +2,16 @@
 
 The plan (ids, vars, overrides) is tested without servers; then the same kapacitord the suite runs
 defines the templates, makes every detector's tasks from them and starts them with our UDF agent in
-echo mode (no model needed), redeploys without restarting anything and undeploys.
+echo mode (in process, no model needed), redeploys without restarting anything and undeploys.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.code.test_stack_tasks import awkward_detector
-from tests.fixtures.tmp_hygiene import short_dir
 from tickguard.detectors import load_detector
 from tickguard.stack import deploy
 
@@ -113,38 +106,10 @@ def test_var_options_need_a_name_and_a_value() -> None:
 
 
 @pytest.fixture
-def echo_agent() -> Iterator[Path]:
-    """Our UDF agent in echo mode (no model needed) on a short socket path."""
-    directory = short_dir("deploy-")
-    path = directory / "udf.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tickguard.cli", "udf", "--socket", str(path), "--mode", "echo"]
-        + ["--metrics-port", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(path))
-                break
-            except OSError:
-                pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"UDF agent did not listen: {proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.2)
-    yield path
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def kapacitor(tick_runtime_factory, echo_agent: Path):
-    """A fresh influxd + kapacitord whose `tickguard` UDF is the echo agent; (runtime, client)."""
-    runtime = tick_runtime_factory(udfs={"tickguard": echo_agent})
+def kapacitor(tick_runtime_factory, udf_agent_factory):
+    """A fresh influxd + kapacitord whose `tickguard` UDF is our agent in echo mode; (runtime, client)."""
+    agent = udf_agent_factory(mode="echo")
+    runtime = tick_runtime_factory(udfs={"tickguard": agent.socket_path})
     return runtime, runtime.kapacitor_client()
 
 
