@@ -167,6 +167,18 @@ def test_sharded_chart_runs_one_kapacitor_per_shard_with_its_agent(sharded_manif
     assert '--shard "$TICKGUARD_SHARD" --shards "$TICKGUARD_SHARDS"' in script
 
 
+def test_every_tickguard_variable_the_chart_sets_is_read_by_the_code(default_manifest, sharded_manifest):
+    """A misspelt TICKGUARD_* name would be ignored silently in the pod: each must be read in src/."""
+    names = set()
+    for doc in objects(default_manifest) + objects(sharded_manifest):
+        pod = doc.get("spec", {}).get("template", {}).get("spec")
+        for container in containers(pod).values() if pod else ():
+            names |= {name for name in env_of(container) if name.startswith("TICKGUARD_")}
+    assert len(names) >= 10
+    source = "\n".join(path.read_text() for path in (ROOT / "src" / "tickguard").rglob("*.py"))
+    assert sorted(name for name in names if f'"{name}"' not in source) == []
+
+
 def test_single_shard_needs_no_shard_filter(default_manifest):
     docs = objects(default_manifest)
     sts = find(docs, "StatefulSet", "-kapacitor")
