@@ -34,19 +34,25 @@ def scored_point(txid: str, amount: float, score: float, anomaly: bool, time_ns:
     )
 
 
+def define_alert_task(runtime, spec, outputs: dict[str, Path]) -> None:
+    """The detector's per-point alert task, made from its template as `tickguard deploy` makes it, with its
+    alerts written to `outputs` and a short group_idle."""
+    overrides = {**tasks.alert_output_vars(outputs["log"], outputs["json"]), "group_idle": GROUP_IDLE}
+    planned = {t.task_id: t for t in deploy.plan(spec, overrides)}[f"{spec.name}_alert"]
+    runtime.create_database(spec.source.database)
+    client = runtime.kapacitor_client()
+    client.define_template(planned.template_id, deploy.read_templates()[planned.template_id])
+    task = client.define_task_from_template(
+        planned.task_id, planned.template_id, dbrps=planned.dbrps, vars=planned.vars
+    )
+    assert task.executing, task.error
+
+
 @pytest.fixture
 def fraud_alert(tick_runtime, tmp_path: Path):
     """tick_runtime with fraud's alert task made from its template, writing its alerts under tmp_path."""
     outputs = {"log": tmp_path / "alerts.log", "json": tmp_path / "alerts.json"}
-    overrides = {**tasks.alert_output_vars(outputs["log"], outputs["json"]), "group_idle": GROUP_IDLE}
-    planned = {t.task_id: t for t in deploy.plan(load_detector("fraud"), overrides)}["fraud_alert"]
-    tick_runtime.create_database("fraud")
-    client = tick_runtime.kapacitor_client()
-    client.define_template(planned.template_id, deploy.read_templates()[planned.template_id])
-    task = client.define_task_from_template(
-        "fraud_alert", planned.template_id, dbrps=planned.dbrps, vars=planned.vars
-    )
-    assert task.executing, task.error
+    define_alert_task(tick_runtime, load_detector("fraud"), outputs)
     return tick_runtime, outputs
 
 
@@ -134,17 +140,8 @@ def test_a_windowed_detectors_alert_names_the_series_value_and_expected_range(ti
         '[[windows.rolling]]\npoints = 4\nstats = ["median", "mad"]\n'
         '[anomaly]\nmodel = "robust_zscore"\ncontamination = 0.01\n'
     )
-    spec = load_detector(path)
     log = tmp_path / "alerts.log"
-    overrides = {**tasks.alert_output_vars(log, tmp_path / "alerts.json"), "group_idle": GROUP_IDLE}
-    planned = {t.task_id: t for t in deploy.plan(spec, overrides)}["pipes_alert"]
-    tick_runtime.create_database("pipes")
-    client = tick_runtime.kapacitor_client()
-    client.define_template(planned.template_id, deploy.read_templates()[planned.template_id])
-    task = client.define_task_from_template(
-        "pipes_alert", planned.template_id, dbrps=planned.dbrps, vars=planned.vars
-    )
-    assert task.executing, task.error
+    define_alert_task(tick_runtime, load_detector(path), {"log": log, "json": tmp_path / "alerts.json"})
     now = time.time_ns()
     point = (
         "flow_scored,station={s},line={l} flow={v},expected_low=1.5,expected_high=2.25,score={p},"
