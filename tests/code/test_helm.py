@@ -179,6 +179,37 @@ def test_every_tickguard_variable_the_chart_sets_is_read_by_the_code(default_man
     assert sorted(name for name in names if f'"{name}"' not in source) == []
 
 
+@pytest.mark.parametrize("values", ["default", "sharded"])
+def test_the_commands_the_pods_run_parse_with_the_cli(values, default_manifest, sharded_manifest):
+    """The agent's command and the tasks sidecar's `tickguard deploy` line are valid tickguard commands."""
+    import shlex
+
+    from tickguard.cli import build_parser
+
+    docs = objects(default_manifest if values == "default" else sharded_manifest)
+    sts = find(docs, "StatefulSet", "-kapacitor")
+    agent = containers(sts["spec"]["template"]["spec"])["agent"]
+    assert agent["command"][0] == "tickguard"
+    parser = build_parser()
+    assert str(parser.parse_args(agent["command"][1:]).socket) == "/var/run/tickguard/udf.sock"
+    script = find(docs, "ConfigMap", "-kapacitor")["data"]["deploy-tasks.sh"]
+    (line,) = [
+        line.strip().rstrip("|").strip()
+        for line in script.splitlines()
+        if line.strip().startswith("tickguard deploy")
+    ]
+    words = shlex.split(
+        line.replace("$kapacitor", "http://127.0.0.1:9092")
+        .replace("$detector", "fraud")
+        .replace("$TICKGUARD_SHARDS", "4")
+        .replace("$TICKGUARD_SHARD", "1")
+    )
+    args = parser.parse_args(words[1:])
+    assert args.detectors == ["fraud"] and args.kapacitor_url == "http://127.0.0.1:9092"
+    if values == "sharded":
+        assert (args.shard, args.shards) == (1, 4)
+
+
 def test_single_shard_needs_no_shard_filter(default_manifest):
     docs = objects(default_manifest)
     sts = find(docs, "StatefulSet", "-kapacitor")
