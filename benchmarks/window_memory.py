@@ -17,7 +17,9 @@ agent does it, and reads the agent's resident memory (VmRSS in /proc) at each st
 5. rounds 2..R: one more point per series each. The state stays `capacity` points per series, so RSS must
    stay flat: memory per series is bounded;
 6. a second agent without InfluxDB settings gets one point per series: every series starts empty and the
-   points leave `warming up` (the other restart policy), for comparison.
+   points leave `warming up` (the other restart policy), for comparison;
+7. a third agent, with InfluxDB, rebuilds all series under the default time budget (maxDelay 3 s): how many
+   first points leave unscored because their rebuild outlasted their budget.
 
 Points out = points in is checked for every round. The machine's other load is recorded (2 shared cores).
 
@@ -143,7 +145,7 @@ def service_ready(url: str) -> bool:
 class Peer:
     """One UDF connection driven as Kapacitor drives it."""
 
-    def __init__(self, path: Path, model: str) -> None:
+    def __init__(self, path: Path, model: str, patient: bool = True) -> None:
         from tickguard.agent import udf_pb2 as pb
         from tickguard.agent.framing import FrameReader, frame
 
@@ -156,7 +158,7 @@ class Peer:
         for name, value in (("model", model), ("labelField", "")):
             option = request.init.options.add(name=name)
             option.values.add(type=pb.STRING, stringValue=value)
-        for name in ("maxDelay", "timeout"):
+        for name in ("maxDelay", "timeout") if patient else ():
             option = request.init.options.add(name=name)
             option.values.add(type=pb.DURATION, durationValue=60 * 10**9)
         self.sock.sendall(frame(request.SerializeToString()))
@@ -290,8 +292,18 @@ def run(series: int, rounds: int) -> dict:
         outcome.update(rss_mb(cold.pid))
         peer.close()
         result["cold_agent"] = {"after_init_rss_mb": before, "round_1": outcome}
-        result["points_out_equal_in"] = all(r["points_out"] == r["points_in"] for r in result["rounds"]) and (
-            outcome["points_out"] == outcome["points_in"]
+
+        # The same restart with the agent's default time budget (maxDelay 3 s, timeout 2 s): how many of the
+        # first points leave unscored while 10,000 series are read back.
+        hurried, hurried_path = agent("default-budget", {"TICKGUARD_INFLUXDB_URL": runtime.influx_url})
+        time.sleep(1.0)
+        peer = Peer(hurried_path, spec.model.name, patient=False)
+        default_budget = peer.round(spec, series, START_NS + capacity * HOUR_NS)
+        default_budget.update(rss_mb(hurried.pid))
+        peer.close()
+        result["restart_with_default_budget"] = default_budget
+        result["points_out_equal_in"] = all(
+            r["points_out"] == r["points_in"] for r in (*result["rounds"], outcome, default_budget)
         )
     finally:
         for process in processes:

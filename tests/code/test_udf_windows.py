@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests._wait import poll
 from tests.fixtures.udf import UdfWire
 from tickguard.agent import udf_pb2 as pb
+from tickguard.agent.framing import frame
 from tickguard.agent.history import HistoryReader, SeriesSource, history_statement
 from tickguard.agent.schema import ERROR, EXPECTED_HIGH, EXPECTED_LOW, SCORED, schema_for
 from tickguard.influx import encode_line
@@ -199,6 +201,27 @@ def test_after_a_restart_each_series_is_rebuilt_from_influxdb_history(
     seen = assert_same(points, expected, meters.request_fields)
     assert points[0].fieldsBool[SCORED] is True  # no warming up for `a` after the restart
     assert seen == {"scored": 3, WARMING_UP: 2, OUT_OF_ORDER: 0, "bad": 0}  # b: 3 points kept, c: none
+
+
+def test_reading_history_does_not_eat_the_points_time_budget(
+    udf_agent_factory, scoring_service, influx_server, meters
+) -> None:
+    """After a restart, many new series are read back before their first points can be scored: that time
+    is the agent's, not the scoring service's, so it extends the points' budget (maxDelay) instead of
+    turning them into unscored points (benchmarks/window_memory.py: 9,000 of 10,000 before)."""
+    database = f"meters_budget_{next(_databases)}"
+    series = [f"s{i}" for i in range(1500)]
+    write_history(influx_server, database, [(m, T0 + i * HOUR, float(i)) for m in series for i in range(12)])
+    agent = udf_agent_factory(url=scoring_service.url, influx_url=influx_server.url)
+    wire = open_wire(agent, maxDelay=("duration", 150_000_000), flushInterval=("duration", 0))
+    sequence = [meter_point(m, T0 + 12 * HOUR, 1.0, database=database) for m in series]
+    wire.send_raw(b"".join(frame(request.SerializeToString()) for request in sequence))
+    points = [wire.receive_kind("point").point for _ in sequence]
+    assert agent.server.metrics.snapshot()["tickguard_udf_window_series"] == len(series)
+    wire.close()
+    assert [p.fieldsString.get(ERROR, "") for p in points] == [""] * len(series)
+    # Closed, the connection's state is gone.
+    assert poll(lambda: agent.server.metrics.snapshot()["tickguard_udf_window_series"] == 0, 10, 0.1)
 
 
 def test_without_influxdb_settings_new_series_warm_up(udf_agent_factory, scoring_service) -> None:

@@ -333,7 +333,7 @@ class Connection:
                     log.exception("%s: scoring a point failed", self.describe())
                     self._write_unscored(batch, f"internal error while scoring the point: {exc!r}")
             return
-        self._batch_queue.put((_POINTS, points, arrival, self._write_blocked_s))
+        self._batch_queue.put((_POINTS, points, arrival, self._excused_s()))
 
     def _submit_raw(self, data: bytes) -> None:
         if self.options.mode == MODE_NAIVE:
@@ -449,6 +449,13 @@ class Connection:
                 error = str(exc)
         self._emit(batch, result, error)
 
+    def _excused_s(self) -> float:
+        """Agent-side waits so far that do not count against a point's budget, which guards against a slow
+        scoring service: Kapacitor not taking our output, and reading new series' history from InfluxDB
+        (after a restart, thousands of series are read back before their first points can be scored)."""
+        windows = self.windows
+        return self._write_blocked_s + (windows.history_s if windows is not None else 0.0)
+
     def _timed_write(self, data: bytes) -> None:
         started = time.monotonic()
         self.write(data)
@@ -496,9 +503,9 @@ class Connection:
             return
         future: Future | None = None
         if batch.rows:
-            # Time spent waiting for Kapacitor to read our output is not the scoring service's fault:
-            # it extends the budget, so a slow Kapacitor does not turn into unscored points.
-            deadline = arrival + self.budget_s() + (self._write_blocked_s - blocked_at_arrival)
+            # Time spent waiting for Kapacitor to read our output, or reading history, is not the scoring
+            # service's fault: it extends the budget, so it does not turn into unscored points.
+            deadline = arrival + self.budget_s() + max(0.0, self._excused_s() - blocked_at_arrival)
             self.metrics.batches.inc()
             future = self._executor.submit(
                 self.client.score, batch.body, batch.rows, deadline, self.options.timeout_s
