@@ -327,6 +327,8 @@ def test_requests_cover_the_measured_cpu_and_rss():
         "agent": (run["sustained"]["cpu_cores"]["udf"], run["rss_mb"]["udf"]),
         "api": (run["sustained"]["cpu_cores"]["api"], run["rss_mb"]["api"]),
     }
+    # The API's figures hold per gunicorn worker count: the chart runs as many as the benchmark did.
+    assert values["api"]["workers"] == run["api_workers"]
     for component, (cores, rss_mb) in measured.items():
         resources = values[component]["resources"]
         assert quantity(resources["requests"]["cpu"]) >= cores, component
