@@ -54,6 +54,7 @@ class Scenario:
         self.agent: UdfServer | None = None
         self.phases: dict[str, list[tuple[str, int, dict]]] = {}
         self.backfill = None
+        self.backfill_settings = None
 
     def start_agent(self, influx_url: str) -> None:
         settings = dataclasses.replace(
@@ -173,6 +174,7 @@ def scenario(tick_binaries, udf_model_dir: Path, tmp_path_factory) -> Scenario:
         # Only the missing points: points the live agent left unscored keep their live record here, so the
         # phases above can be checked as they were written.
         scene.backfill = Backfiller(settings, rescore_unscored=False).run(T - 60 * HOUR, T + 45 * HOUR)
+        scene.backfill_settings = settings
         yield scene
     finally:
         runtime.stop()
@@ -287,3 +289,23 @@ def test_every_point_that_went_in_came_out(scenario) -> None:
     written = sum(len(points) for points in scenario.phases.values())
     assert len(scenario.runtime.influx.select(f'SELECT * FROM "{SOURCE}"', DB)) == written
     assert scenario.count(SCORED_MEASUREMENT) == written  # the gap's points through the backfill
+
+
+def test_a_missing_point_is_found_beside_other_series_points_of_its_timestamp(scenario) -> None:
+    """Several series share timestamps, so a raw point is matched to its scored one by timestamp and series
+    key, also when the settings name an id field (the environment's default, `txid`, as after a watchdog
+    heal) the points lack: m4's scored point at T is removed, m1, m2 and m3 have theirs at T."""
+    from tickguard.ops.backfill import Backfiller
+
+    scenario.runtime.influx.query(
+        f'DELETE FROM "{SCORED_MEASUREMENT}" WHERE "meter" = \'m4\' AND time = {T}', DB
+    )
+    assert ("m4", T) not in scenario.scored_points() and ("m1", T) in scenario.scored_points()
+    settings = dataclasses.replace(scenario.backfill_settings, id_field="txid")
+    found = Backfiller(settings, rescore_unscored=False).run(T - 60 * HOUR, T + 45 * HOUR)
+    assert (found.missing, found.written) == (1, 1)
+    assert scenario.scored_points()[("m4", T)]["backfilled"] is True
+    again = Backfiller(dataclasses.replace(settings, id_field=""), rescore_unscored=False).run(
+        T - 60 * HOUR, T + 45 * HOUR
+    )
+    assert (again.missing, again.written) == (0, 0)

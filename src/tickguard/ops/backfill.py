@@ -386,9 +386,9 @@ class Backfiller:
     def point_id(self, tags: dict[str, str], row: dict[str, Any]) -> str | None:
         """What tells apart points of one timestamp: the id field, else a windowed detector's series key
         (points of several series share their timestamps), else nothing (the timestamp alone matches)."""
-        if self.settings.id_field:
+        if self.settings.id_field and row.get(self.settings.id_field) is not None:
             return row.get(self.settings.id_field)
-        if self.series_by:
+        if self.series_by:  # also when the settings name an id field these points do not have (txid)
             return "\x00".join(tags.get(name, "") for name in self.series_by)
         return None
 
