@@ -291,7 +291,9 @@ def test_every_point_that_went_in_came_out(scenario) -> None:
     assert scenario.count(SCORED_MEASUREMENT) == written  # the gap's points through the backfill
 
 
-def test_a_missing_point_is_found_beside_other_series_points_of_its_timestamp(scenario) -> None:
+def test_a_missing_point_is_found_beside_other_series_points_of_its_timestamp(
+    scenario, udf_model_dir: Path, monkeypatch
+) -> None:
     """Several series share timestamps, so a raw point is matched to its scored one by timestamp and series
     key, also when the settings name an id field (the environment's default, `txid`, as after a watchdog
     heal) the points lack: m4's scored point at T is removed, m1, m2 and m3 have theirs at T."""
@@ -302,6 +304,10 @@ def test_a_missing_point_is_found_beside_other_series_points_of_its_timestamp(sc
     )
     assert ("m4", T) not in scenario.scored_points() and ("m1", T) in scenario.scored_points()
     settings = dataclasses.replace(scenario.backfill_settings, id_field="txid")
+    # A dry run (no scoring service asked) knows the series tags from the detector file.
+    monkeypatch.setenv("TICKGUARD_DETECTORS_DIR", str(udf_model_dir))  # where meters.toml is
+    counted = Backfiller(settings, rescore_unscored=False, dry_run=True).run(T - 60 * HOUR, T + 45 * HOUR)
+    assert (counted.missing, counted.written) == (1, 0)
     found = Backfiller(settings, rescore_unscored=False).run(T - 60 * HOUR, T + 45 * HOUR)
     assert (found.missing, found.written) == (1, 1)
     assert scenario.scored_points()[("m4", T)]["backfilled"] is True

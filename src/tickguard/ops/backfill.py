@@ -383,6 +383,20 @@ class Backfiller:
             index.setdefault(int(row["time"]), []).append((point_id, scored))
         return index
 
+    def _detector_series_tags(self) -> tuple[str, ...]:
+        """A dry run asks the scoring service nothing: a windowed detector's series tags then come from its
+        detector file, when the settings name one (`--detector`)."""
+        if not self.settings.detector:
+            return ()
+        from tickguard.detectors import load_detector
+
+        try:
+            spec = load_detector(self.settings.detector)
+        except TickguardError as exc:  # counted by timestamp alone, as for a detector without windows
+            log.warning("backfill --dry-run: detector %s unreadable (%s)", self.settings.detector, exc)
+            return ()
+        return spec.windows.group_by if spec.windows is not None else ()
+
     def point_id(self, tags: dict[str, str], row: dict[str, Any]) -> str | None:
         """What tells apart points of one timestamp: the id field, else a windowed detector's series key
         (points of several series share their timestamps), else nothing (the timestamp alone matches)."""
@@ -419,7 +433,7 @@ class Backfiller:
         features = self.feature_fields() if not self.dry_run else ()
         state = None if self.dry_run else window_features_for_card(self.api.card())
         windowed = state is not None
-        self.series_by = state.spec.group_by if state is not None else ()
+        self.series_by = state.spec.group_by if state is not None else self._detector_series_tags()
         windows = self.plan_windows(start_ns, end_ns)
         report.source_points += self.skipped_points
         report.already_scored += self.skipped_points
