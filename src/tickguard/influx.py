@@ -588,6 +588,54 @@ class InfluxClient:
         """CREATE DATABASE (idempotent)."""
         self.execute(f"CREATE DATABASE {quote_ident(database)}")
 
+    # -- administration (an admin user, or auth off) -------------------------------------------------
+    def databases(self) -> set[str]:
+        """The databases InfluxDB has (SHOW DATABASES; an admin sees every one)."""
+        return {
+            str(values[0])
+            for series in self.query("SHOW DATABASES", epoch=None)
+            for values in series.get("values") or []
+        }
+
+    def privileges(self, user: str) -> dict[str, str]:
+        """Database -> `user`'s privilege on it (READ, WRITE, ALL PRIVILEGES, NO PRIVILEGES): SHOW GRANTS."""
+        try:
+            series = self.query(f"SHOW GRANTS FOR {quote_ident(user)}", epoch=None)
+        except InfluxRejected as exc:
+            if "user not found" in str(exc):
+                raise InfluxRejected(f"InfluxDB has no user {user!r}", exc.status) from None
+            raise
+        return {str(db): str(privilege) for one in series for db, privilege in one.get("values") or []}
+
+    def grant(self, privilege: str, database: str, user: str) -> None:
+        """GRANT READ|WRITE|ALL ON database TO user."""
+        if privilege not in ("READ", "WRITE", "ALL"):
+            raise ValueError(f"privilege {privilege!r}: expected READ, WRITE or ALL")
+        self.execute(f"GRANT {privilege} ON {quote_ident(database)} TO {quote_ident(user)}")
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """Rows of SHOW SUBSCRIPTIONS: database, retention_policy, name, mode, destinations."""
+        return [
+            {"database": series["name"], **row}
+            for series in self.query("SHOW SUBSCRIPTIONS", epoch=None)
+            for _tags, row in iter_rows([series])
+        ]
+
+    def ensure_database(self, database: str, reader: str = "") -> list[str]:
+        """Create `database` if InfluxDB lacks it and let user `reader` (if given) READ it if it may not yet.
+
+        Idempotent: nothing is written when both hold already, and a reader with ALL PRIVILEGES keeps
+        them. Returns what was done, e.g. ['created database "x"', 'granted READ on "x" to "reader"'].
+        With authentication on it needs an admin user (InfluxRejected with status 401/403 otherwise)."""
+        done = []
+        if database not in self.databases():
+            self.create_database(database)
+            done.append(f"created database {quote_ident(database)}")
+        if reader and self.privileges(reader).get(database) not in ("READ", "ALL PRIVILEGES"):
+            self.grant("READ", database, reader)
+            done.append(f"granted READ on {quote_ident(database)} to {quote_ident(reader)}")
+        return done
+
     # -- writes ----------------------------------------------------------------------------------------
     def write(
         self,

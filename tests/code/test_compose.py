@@ -166,6 +166,14 @@ def test_deploy_job_defines_the_detectors_tasks_before_the_generator_writes(comp
     assert deploy["command"][:2] == ["tickguard", "deploy"]
     env = deploy["environment"]
     assert env["TICKGUARD_KAPACITOR_URL"] == "http://kapacitor:9092"
+    # Deploy also ensures the detectors' databases and the reader's grant as InfluxDB's admin (a detector
+    # added after the volume was initialised): the admin credentials and the reader's name from .env.
+    influx_env = compose["services"]["influxdb"]["environment"]
+    assert env["TICKGUARD_INFLUXDB_URL"] == "http://influxdb:8086"
+    assert env["TICKGUARD_INFLUXDB_USER"] == influx_env["INFLUXDB_ADMIN_USER"]
+    assert env["TICKGUARD_INFLUXDB_PASSWORD"] == influx_env["INFLUXDB_ADMIN_PASSWORD"]
+    assert env["TICKGUARD_INFLUXDB_READER_USER"] == influx_env["INFLUXDB_READER_USER"]
+    assert env["TICKGUARD_INFLUXDB_READER_USER"].startswith("${INFLUXDB_READER_USER:?")
     assert env["TICKGUARD_DEPLOY_DETECTORS"].startswith("${DETECTORS:-fraud")
     assert {"TICKVAR_warn_rate", "TICKVAR_crit_rate"} <= set(env)
     mounts = dict(v.split(":")[:2] for v in deploy["volumes"])

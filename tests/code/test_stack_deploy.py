@@ -178,3 +178,107 @@ def test_redeploy_changes_only_what_differs_and_undeploy_removes_the_tasks(kapac
     deploy.undeploy(client, "fraud")
     assert client.list_tasks() == []
     assert all(client.get_template(t) is None for t in deploy.TEMPLATE_IDS)
+
+
+# ---- InfluxDB: a detector's databases and Grafana's read grant, on every deploy ---------------------------
+
+
+def test_a_detectors_databases_are_its_source_its_output_and_the_alert_history(tmp_path) -> None:
+    odd = awkward_detector(tmp_path)
+    assert deploy.detector_databases(odd) == ("odd db", "chronograf")
+    # An override that moves the scored points elsewhere adds that database.
+    moved = deploy.detector_databases(odd, {"output_database": "'scored db'"})
+    assert moved == ("odd db", "scored db", "chronograf")
+
+
+@pytest.mark.tick
+def test_deploy_creates_a_new_detectors_databases_and_grants_grafanas_reader_once(
+    tick_runtime_factory, udf_agent_factory, tmp_path, monkeypatch, capsys
+) -> None:
+    """compose's `deploy` service on a volume InfluxDB's init made before the detector existed: influxd
+    1.8 with authentication, `tickguard deploy` with the environment compose gives it (admin user, reader
+    name). The new detector's database is created, Kapacitor subscribes to it before deploy returns, the
+    reader may read it (and still write nothing); fraud's database and grants, already there, are left as
+    they are; a second deploy changes nothing; without admin credentials deploy fails naming why."""
+    import secrets
+
+    from tickguard.cli import main
+    from tickguard.influx import InfluxClient, InfluxError
+    from tickguard.runtime import InfluxAuth
+
+    admin = InfluxAuth("admin", secrets.token_hex(12))
+    reader_password = secrets.token_hex(12)
+    agent = udf_agent_factory(mode="echo")
+    runtime = tick_runtime_factory(udfs={"tickguard": agent.socket_path}, influx_auth=admin)
+    influx = runtime.influx.client()
+    # What compose/influxdb/init/10-tickguard.sh left on the volume before the new detector's file came.
+    for statement in (
+        f"CREATE USER \"reader\" WITH PASSWORD '{reader_password}'",
+        'CREATE DATABASE "fraud"',
+        'CREATE DATABASE "chronograf"',
+        'GRANT READ ON "fraud" TO "reader"',
+        'GRANT READ ON "chronograf" TO "reader"',
+    ):
+        influx.execute(statement)
+    awkward_detector(tmp_path)  # writes odd-one.toml: database "odd db"
+    assert "odd db" not in influx.databases()
+    environment = {
+        "TICKGUARD_KAPACITOR_URL": runtime.kapacitor_url,
+        "TICKGUARD_INFLUXDB_URL": runtime.influx_url,
+        "TICKGUARD_INFLUXDB_USER": admin.username,
+        "TICKGUARD_INFLUXDB_PASSWORD": admin.password,
+        "TICKGUARD_INFLUXDB_READER_USER": "reader",
+        "TICKVAR_alert_log": f"'{tmp_path / 'alerts.log'}'",
+        "TICKVAR_alert_json": f"'{tmp_path / 'alerts.json'}'",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    argv = ["deploy", "--detector", "fraud", "--detector", str(tmp_path / "odd-one.toml")]
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'odd-one: InfluxDB: created database "odd db"; granted READ on "odd db" to "reader"' in out
+    assert "fraud: InfluxDB: databases fraud, chronograf exist and 'reader' may read them" in out
+    assert {"fraud", "chronograf", "odd db"} <= influx.databases()
+    assert influx.privileges("reader") == {"fraud": "READ", "chronograf": "READ", "odd db": "READ"}
+    # Kapacitor subscribed to the new database before deploy returned: the first points reach its tasks.
+    assert "odd db" in {row["database"] for row in influx.subscriptions()}
+    assert client_task_ids(runtime) >= set(deploy.task_ids("odd-one"))
+    reader = InfluxClient(runtime.influx_url, username="reader", password=reader_password, retries=0)
+    assert reader.select('SELECT * FROM "odd db"."autogen"."read ings scored"') == []  # may read
+    with pytest.raises(InfluxError):
+        reader.write(["m v=1"], database="odd db")  # and write nothing
+
+    # Again, with everything in place: nothing created, nothing granted.
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "created" not in out and "granted" not in out
+    assert "odd-one: InfluxDB: databases odd db, chronograf exist and 'reader' may read them" in out
+    assert influx.privileges("reader") == {"fraud": "READ", "chronograf": "READ", "odd db": "READ"}
+
+    # A reader Grafana was given more than READ on keeps it (deploy only adds what is missing).
+    influx.grant("ALL", "odd db", "reader")
+    assert main(argv) == 0
+    assert influx.privileges("reader")["odd db"] == "ALL PRIVILEGES"
+    capsys.readouterr()
+
+    # The reader's credentials instead of an admin's: refused, and the message says what is needed.
+    monkeypatch.setenv("TICKGUARD_INFLUXDB_USER", "reader")
+    monkeypatch.setenv("TICKGUARD_INFLUXDB_PASSWORD", reader_password)
+    new_one = tmp_path / "new-one.toml"
+    new_one.write_text(
+        (tmp_path / "odd-one.toml").read_text().replace('"odd-one"', '"new-one"').replace("odd db", "new db")
+    )
+    assert main(["deploy", "--detector", str(new_one)]) == 1
+    err = capsys.readouterr().err
+    assert "InfluxDB database 'new db'" in err and "admin user" in err, err
+    assert "new db" not in influx.databases()
+
+    # No InfluxDB URL (e.g. a user's own Kapacitor): deploy defines the tasks and says InfluxDB was left alone.
+    monkeypatch.delenv("TICKGUARD_INFLUXDB_URL")
+    assert main(["deploy", "--detector", "fraud"]) == 0
+    assert "InfluxDB left alone (no --influx-url or TICKGUARD_INFLUXDB_URL)" in capsys.readouterr().out
+
+
+def client_task_ids(runtime) -> set[str]:
+    return {task.id for task in runtime.kapacitor_client().list_tasks() if task.executing}

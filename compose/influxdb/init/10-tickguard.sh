@@ -3,8 +3,8 @@
 # Creates the databases the pipeline uses — every detector's (the `database` of each detector file in
 # /etc/tickguard/detectors, mounted from ../detectors), the alert history's and Kapacitor's statistics' —
 # and a read-only user for Grafana that may read all of them.
-# A detector added after the volume exists: `tickguard deploy` does not touch InfluxDB, so create its
-# database and grant the reader once by hand (README, "Your own data").
+# A detector added after the volume exists gets the same from compose's `deploy` service (`tickguard
+# deploy` as the admin, with INFLUXDB_READER_USER: tickguard.stack.deploy.ensure_databases).
 set -e
 detectors_dir=${TICKGUARD_DETECTORS_DIR:-/etc/tickguard/detectors}
 detector_dbs=$(sed -n 's/^database[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$detectors_dir"/*.toml 2>/dev/null | sort -u)

@@ -173,14 +173,11 @@ class InfluxServer(ManagedServer):
 
     def subscriptions(self) -> list[dict[str, Any]]:
         """Rows of SHOW SUBSCRIPTIONS: database, retention_policy, name, mode, destinations."""
-        rows: list[dict[str, Any]] = []
-        for result in self.query("SHOW SUBSCRIPTIONS", epoch=None):
-            for series in result.get("series", []):
-                for values in series.get("values", []):
-                    rows.append(
-                        {"database": series["name"], **dict(zip(series["columns"], values, strict=True))}
-                    )
-        return rows
+        try:
+            with self.client() as client:
+                return client.subscriptions()
+        except InfluxError as exc:
+            raise TickRuntimeError(f"influxd: {exc}") from exc
 
     def wait_for_subscription(
         self, database: str, destination_port: int, timeout: float = 15.0

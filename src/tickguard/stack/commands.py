@@ -129,6 +129,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="wait this long for Kapacitor to answer first (compose starts it in parallel)",
     )  # fmt: skip
     dep.add_argument(
+        "--influx-url", default=os.environ.get("TICKGUARD_INFLUXDB_URL") or None, metavar="URL",
+        help="also create the detector's databases InfluxDB lacks and grant --reader READ on them, as an "
+        "admin (TICKGUARD_INFLUXDB_USER/_PASSWORD) (default $TICKGUARD_INFLUXDB_URL; unset: InfluxDB is "
+        "left alone)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--reader", default=os.environ.get("TICKGUARD_INFLUXDB_READER_USER", ""), metavar="USER",
+        help="Grafana's read-only InfluxDB user (default $TICKGUARD_INFLUXDB_READER_USER; empty: no grant)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--subscription-wait", type=float, default=90.0, metavar="SECONDS",
+        help="after creating a source database, wait this long for Kapacitor's subscription to it "
+        "(Kapacitor adds one every minute by default) (default %(default)s)",
+    )  # fmt: skip
+    dep.add_argument(
         "--shard", type=int, default=os.environ.get("TICKGUARD_SHARD") or None, metavar="I",
         help="this Kapacitor's shard: score only points tagged shard=I; alert tasks on shard 0 only "
         "(default $TICKGUARD_SHARD; needs --shards)",
@@ -251,7 +266,14 @@ def run_deploy(args: argparse.Namespace) -> int:
     """Deploy each detector's tasks and print them."""
     from tickguard.detectors import load_detector
     from tickguard.kapacitor_client import KapacitorClient
-    from tickguard.stack.deploy import default_overrides, deploy, parse_var_options
+    from tickguard.stack.deploy import (
+        default_overrides,
+        deploy,
+        detector_databases,
+        ensure_databases,
+        parse_var_options,
+        wait_for_subscriptions,
+    )
 
     names = args.detectors or (os.environ.get("TICKGUARD_DEPLOY_DETECTORS") or "fraud").split()
     specs = [load_detector(name) for name in dict.fromkeys(names)]
@@ -269,11 +291,58 @@ def run_deploy(args: argparse.Namespace) -> int:
     client = KapacitorClient(args.kapacitor_url)
     if args.wait > 0:
         client.wait_until_up(args.wait)
-    for spec in specs:
-        for task in deploy(client, spec, overrides, shard):
-            state = "executing" if task.executing else f"NOT executing: {task.error}"
-            print(f"deploy: {spec.name}: task {task.id} (template {task.raw.get('template-id')}) {state}")
+    influx = _deploy_influx_client(args)
+    created: list[str] = []
+    try:
+        for spec in specs:
+            if influx is not None:
+                existing = influx.databases()
+                done = ensure_databases(influx, spec, overrides, args.reader)
+                print(
+                    f"deploy: {spec.name}: InfluxDB: {'; '.join(done) or _databases_in_place(spec, overrides, args.reader)}"
+                )
+                if spec.source.database not in existing:
+                    created.append(spec.source.database)
+            for task in deploy(client, spec, overrides, shard):
+                state = "executing" if task.executing else f"NOT executing: {task.error}"
+                print(f"deploy: {spec.name}: task {task.id} (template {task.raw.get('template-id')}) {state}")
+        if influx is None:
+            names = sorted({db for spec in specs for db in detector_databases(spec, overrides)})
+            print(
+                f"deploy: InfluxDB left alone (no --influx-url or TICKGUARD_INFLUXDB_URL): databases "
+                f"{', '.join(names)} must exist and Grafana's reader may need READ on them"
+            )
+        elif created:
+            missing = wait_for_subscriptions(influx, created, args.subscription_wait)
+            for database in missing:
+                print(
+                    f"deploy: WARNING: no subscription on new database {database!r} after "
+                    f"{args.subscription_wait:.0f} s: Kapacitor receives its points only once it subscribes"
+                )
+    finally:
+        if influx is not None:
+            influx.close()
     return 0
+
+
+def _deploy_influx_client(args: argparse.Namespace):
+    """The InfluxDB client `deploy` ensures databases with (admin credentials from the environment), or None
+    without --influx-url / TICKGUARD_INFLUXDB_URL."""
+    if not args.influx_url:
+        return None
+    from dataclasses import replace
+
+    from tickguard.influx import InfluxClient
+    from tickguard.stack.config import influx_settings
+
+    return InfluxClient.from_settings(replace(influx_settings(), url=args.influx_url), retries=5)
+
+
+def _databases_in_place(spec, overrides, reader: str) -> str:
+    from tickguard.stack.deploy import detector_databases
+
+    names = ", ".join(detector_databases(spec, overrides))
+    return f"databases {names} exist" + (f" and {reader!r} may read them" if reader else "")
 
 
 def run_undeploy(args: argparse.Namespace) -> int:

@@ -23,6 +23,14 @@ changes nothing that is already as planned (a running task is not restarted), so
 `deploy` service and a user can all run it; `undeploy` deletes the detector's tasks and every template
 no task uses any more.
 
+InfluxDB (`ensure_databases`, when deploy is given an InfluxDB): the detector's databases -- source, scored
+points, alert history -- are created when InfluxDB lacks them, and Grafana's read-only user is granted READ
+on each it cannot read yet, through tickguard.influx. Compose's InfluxDB init does that only for the detector
+files present when its volume is first created; doing it on every deploy (compose's `deploy` service is
+InfluxDB's admin) means a detector added later needs no step by hand. After creating a source database,
+`wait_for_subscriptions` waits for Kapacitor to subscribe to it (at its next sync, every minute by
+default): points written before would never reach the score task.
+
 Overrides (`TICKVAR_<var>=<TICKscript literal>` in the environment, or `--var NAME=VALUE`) replace a
 template var's value in every task whose template declares it, typed as the template declares it.
 
@@ -46,6 +54,7 @@ from tickguard.stack.tasks import score_task_id, tick_string, vars_from_env
 
 if TYPE_CHECKING:
     from tickguard.detectors.spec import DetectorSpec
+    from tickguard.influx import InfluxClient
     from tickguard.kapacitor_client import KapacitorClient, Task
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -388,6 +397,60 @@ def deploy(
             raise DeployError(f"detector {spec.name}: task {task.task_id} did not start: {defined.error}")
         tasks.append(defined)
     return tasks
+
+
+# ---- InfluxDB: the databases a detector's tasks read and write ------------------------------------------
+
+
+def detector_databases(spec: DetectorSpec, overrides: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The databases a detector's tasks use: its source's, its scored points' (the score task's
+    `output_database`, which an override may move elsewhere) and the alert history's."""
+    score = plan(spec, overrides)[0]
+    output = score.vars.get("output_database", {}).get("value") or spec.source.database
+    return tuple(dict.fromkeys((spec.source.database, str(output), ALERT_HISTORY[0])))
+
+
+def ensure_databases(
+    influx: InfluxClient, spec: DetectorSpec, overrides: Mapping[str, str] | None = None, reader: str = ""
+) -> list[str]:
+    """Create the detector's databases InfluxDB lacks and let Grafana's read-only user `reader` READ each
+    (tickguard.influx.InfluxClient.ensure_database); returns what was done, [] when all was in place.
+
+    This is what compose's InfluxDB init does for the detector files present when its volume is created,
+    done again on every deploy, so a detector added later needs no step by hand. With authentication on,
+    `influx` must carry an admin user's credentials (DeployError otherwise); `reader` = '' grants nothing
+    (local mode: InfluxDB without authentication, no Grafana)."""
+    from tickguard.influx import InfluxError
+
+    done = []
+    for database in detector_databases(spec, overrides):
+        try:
+            done += influx.ensure_database(database, reader)
+        except InfluxError as exc:
+            need = (
+                " (creating a database and granting READ need an InfluxDB admin user: "
+                "TICKGUARD_INFLUXDB_USER / TICKGUARD_INFLUXDB_PASSWORD)"
+                if exc.status in (401, 403) or "admin privilege" in str(exc)
+                else ""
+            )
+            raise DeployError(f"detector {spec.name}: InfluxDB database {database!r}: {exc}{need}") from exc
+    return done
+
+
+def wait_for_subscriptions(influx: InfluxClient, databases: Iterable[str], timeout_s: float) -> list[str]:
+    """Wait until each database has a subscription (Kapacitor adds one to a new database at its next sync,
+    every minute by default; points written before it would never reach a task); returns the databases
+    still without one after `timeout_s`."""
+    import time
+
+    waiting = set(databases)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        waiting -= {row["database"] for row in influx.subscriptions()}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return sorted(waiting)
 
 
 def undeploy(client: KapacitorClient, detector: str) -> list[str]:
