@@ -12,7 +12,10 @@ shift and a stuck sensor. Then:
   features of the same points (features_for_frame): the agent computes what training computes;
 - each injected anomaly is flagged and raises a waterflow_alert alert (Chronograf's alert history);
 - every panel of the generated waterflow dashboard, interpolated as Grafana would for the replayed range,
-  returns data, and its series panel shows each station's value, expected range and score.
+  returns data, and its series panel shows each station's value, expected range and score;
+- midway through the replay the agent is killed and started again (local mode gives it InfluxDB's URL) and
+  the score task reconnected: each series' window is rebuilt from InfluxDB at its first new point, so no
+  point after the restart warms up and the checks above hold across it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ LEVEL_SHIFT = (700, 850)
 STUCK = (950, 1150)
 CHUNK = 200  # lines per write request (100 hours of both stations)
 CAUGHT_WITHIN = 24  # points after a segment starts: a detection later than a day is not one
+RESTART_AT = 1000  # lines written before the agent restart (500 points per station: full windows)
 
 
 def waterflow_models(root: Path) -> Path:
@@ -114,16 +118,40 @@ def replayed(stack: LocalStack) -> dict:
         for t, station, value in zip(frame["time"], frame[tag], frame[field], strict=True)
     ]
     client = InfluxClient(stack.influx_url, database=spec.source.database)
+    restart_log_offset = None
     # InfluxDB's subscription forwards write requests concurrently (its write-concurrency), so the points of
     # two requests in a row can reach Kapacitor in either order: the agent would place the late ones in time
     # (late=true), but the order would be unknown here. Each request waits for the previous one's scores.
     for offset in range(0, len(lines), CHUNK):
+        if offset == RESTART_AT:
+            restart_log_offset = restart_agent(stack)
         client.write(lines[offset : offset + CHUNK])
         done = min(offset + CHUNK, len(lines))
         scored = poll(lambda done=done: stack.scored_count(DETECTOR) >= done, ARRIVAL_TIMEOUT_S, 0.1)
         assert scored, f"{stack.scored_count(DETECTOR)} of {done} points scored"
     time.sleep(2)  # nothing more may arrive: exactly N
-    return {"frame": frame, "segments": segments, "tag": tag, "field": field}
+    return {
+        "frame": frame,
+        "segments": segments,
+        "tag": tag,
+        "field": field,
+        "restart_log_offset": restart_log_offset,
+    }
+
+
+def restart_agent(stack: LocalStack) -> int:
+    """Kill the UDF agent, start it again and reconnect the score task (what the watchdog does); returns
+    where the new agent's lines start in its log."""
+    from tests.fixtures.pipeline import Pipeline
+    from tickguard.stack.deploy import task_ids
+
+    restarted = Pipeline(stack, probe=None)
+    restarted.kill_udf()
+    log_offset = stack.udf.log_path.stat().st_size
+    restarted.start_udf()
+    task = stack.runtime.kapacitor_client().reload_task(task_ids(DETECTOR)[0])
+    assert task.executing, task.error
+    return log_offset
 
 
 def scored_points(stack: LocalStack) -> pd.DataFrame:
@@ -204,3 +232,15 @@ def test_dashboard_panels_show_the_series_with_its_range_and_score(stack, replay
             stations = {row.get(replayed["tag"]) for row in rows}
             assert stations == {"clean", "injected"}, (query, stations)
     assert not empty, empty
+
+
+def test_an_agent_restart_rebuilds_each_series_from_influxdb_instead_of_warming_up(stack, replayed) -> None:
+    frame, tag = replayed["frame"], replayed["tag"]
+    after = frame.iloc[RESTART_AT:]
+    out = scored_points(stack)
+    out = out[out["time"].isin(set(after["time"]))]
+    assert len(out) == len(after) and set(out[tag]) == {"clean", "injected"}
+    # Each series' first point after the restart (and every later one) is scored from its rebuilt window.
+    assert (out[SCORED] == True).all(), out.loc[out[SCORED] != True, [tag, ERROR]]  # noqa: E712
+    new_agent = stack.udf.log_path.read_bytes()[replayed["restart_log_offset"] :].decode(errors="replace")
+    assert f"history from {stack.influx_url}" in new_agent

@@ -1,7 +1,8 @@
 """The whole pipeline without Docker: `tickguard up --local` (or `python -m tickguard.stack.local`).
 
-Starts, in order, the REST model service (`tickguard serve`), the socket UDF agent (`tickguard udf`),
-then the native influxd + kapacitord from `make tick` (tickguard.runtime) with Kapacitor loading the
+Starts, in order, the REST model service (`tickguard serve`), the native influxd from `make tick`
+(tickguard.runtime), the socket UDF agent (`tickguard udf`, told influxd's URL: a windowed detector's
+series are rebuilt from InfluxDB after an agent restart), then kapacitord with Kapacitor loading the
 same shared TICKscripts as compose (load directory), deploys each detector's tasks from the task
 templates (`tickguard deploy`, tickguard.stack.deploy), and finally starts the holdout generator. Ctrl-C
 stops them all in reverse order. Grafana and Chronograf are not part of local mode (they only run as their
@@ -228,7 +229,6 @@ class LocalStack:
         logs = self.workdir / "logs"
         try:
             self._start_api(logs)
-            self._start_udf(logs)
             overrides = {
                 **stack_tasks.alert_output_vars(self.alert_log, self.alert_json),
                 **stack_tasks.vars_from_env(),
@@ -251,6 +251,10 @@ class LocalStack:
                 kapacitor_env=self.kapacitor_env,
                 start_timeout=self.start_timeout,
             )
+            # influxd before the agent, so the agent is told the URL it has (a windowed detector's series
+            # are rebuilt from InfluxDB after an agent restart); kapacitord after it (it dials the agent).
+            self.runtime.influx.start()
+            self._start_udf(logs)
             self.runtime.start()
             for database in dict.fromkeys(
                 [DATABASE, *(spec.source.database for spec in self.detectors.values())]
@@ -297,11 +301,18 @@ class LocalStack:
         raise self.api.fail(f"not ready after {self.start_timeout:.0f} s")
 
     def _start_udf(self, logs: Path) -> None:
+        # The agent reads a windowed series' history from InfluxDB at the series' first point after a
+        # (re)start; local mode's InfluxDB has no authentication.
+        influx = {
+            "TICKGUARD_INFLUXDB_URL": self.influx_url,
+            "TICKGUARD_INFLUXDB_USER": "",
+            "TICKGUARD_INFLUXDB_PASSWORD": "",
+        }
         self.udf = ChildProcess(
             "UDF agent (tickguard udf)",
             ["udf", "--socket", str(self.socket_path), "--url", self.api_url, "--metrics-port", "0"],
             logs / "udf.log",
-            env=self.env,
+            env={**self.env, **influx},
         )
         self.udf.start()
         deadline = time.monotonic() + self.start_timeout
@@ -351,12 +362,15 @@ class LocalStack:
         self._supervisor.start()
 
     def deploy(self, overrides: dict[str, str] | None = None) -> None:
-        """`tickguard deploy` for every detector of the stack: its tasks from the templates, over HTTP."""
-        from tickguard.stack.deploy import deploy
+        """`tickguard deploy` for every detector of the stack: its databases (no reader to grant: local
+        mode has no Grafana and no authentication), then its tasks from the templates, over HTTP."""
+        from tickguard.stack.deploy import deploy, ensure_databases
 
         client = self._runtime().kapacitor_client()
-        for spec in self.detectors.values():
-            deploy(client, spec, overrides)
+        with self._runtime().influx.client() as influx:
+            for spec in self.detectors.values():
+                ensure_databases(influx, spec, overrides)
+                deploy(client, spec, overrides)
 
     def _wait_for_tasks(self, timeout: float = 30.0) -> None:
         """Wait until Kapacitor has loaded and enabled every task from the load directory."""
@@ -576,7 +590,7 @@ def run_local_stack(
     gens: dict[str, ChildProcess] = {}
     pids: dict[str, int] = {}
     try:
-        print("tickguard up --local: starting API, UDF agent, InfluxDB and Kapacitor ...", flush=True)
+        print("tickguard up --local: starting API, InfluxDB, UDF agent and Kapacitor ...", flush=True)
         stack.start()
         if generator:
             for name in stack.detectors:
