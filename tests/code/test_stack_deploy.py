@@ -205,6 +205,7 @@ def test_deploy_creates_a_new_detectors_databases_and_grants_grafanas_reader_onc
     from tickguard.cli import main
     from tickguard.influx import InfluxClient, InfluxError
     from tickguard.runtime import InfluxAuth
+    from tickguard.stack import dashboards
 
     admin = InfluxAuth("admin", secrets.token_hex(12))
     reader_password = secrets.token_hex(12)
@@ -220,8 +221,11 @@ def test_deploy_creates_a_new_detectors_databases_and_grants_grafanas_reader_onc
         'GRANT READ ON "chronograf" TO "reader"',
     ):
         influx.execute(statement)
-    awkward_detector(tmp_path)  # writes odd-one.toml: database "odd db"
+    odd = awkward_detector(tmp_path)  # odd-one.toml: database "odd db"
     assert "odd db" not in influx.databases()
+    reader = InfluxClient(runtime.influx_url, username="reader", password=reader_password, retries=0)
+    with pytest.raises(InfluxError):
+        reader.select('SELECT * FROM "odd db"."autogen"."read ings scored"')
     environment = {
         "TICKGUARD_KAPACITOR_URL": runtime.kapacitor_url,
         "TICKGUARD_INFLUXDB_URL": runtime.influx_url,
@@ -244,10 +248,11 @@ def test_deploy_creates_a_new_detectors_databases_and_grants_grafanas_reader_onc
     # Kapacitor subscribed to the new database before deploy returned: the first points reach its tasks.
     assert "odd db" in {row["database"] for row in influx.subscriptions()}
     assert client_task_ids(runtime) >= set(deploy.task_ids("odd-one"))
-    reader = InfluxClient(runtime.influx_url, username="reader", password=reader_password, retries=0)
-    assert reader.select('SELECT * FROM "odd db"."autogen"."read ings scored"') == []  # may read
+    # Grafana's reader runs every panel query of the new detector's dashboard, and writes nothing.
+    for title, query, values in dashboards.check_panels(dashboards.detector_live(odd), reader.select, "1s"):
+        assert isinstance(values, int), (title, query)  # ran: no permission error raised
     with pytest.raises(InfluxError):
-        reader.write(["m v=1"], database="odd db")  # and write nothing
+        reader.write(["m v=1"], database="odd db")
 
     # Again, with everything in place: nothing created, nothing granted.
     assert main(argv) == 0
