@@ -11,11 +11,13 @@ they spoil are not scored (tickguard.data.inject.natural_anomalies).
 
 Detectors, scored on the same holdout points:
 - **tickguard**: the detector's window features (tickguard.windows) and its unsupervised model, kind and
-  parameters chosen by Optuna on the validation copies only, threshold from the declared contamination;
+  parameters chosen by Optuna on the validation copies only, threshold from the declared contamination of the clean
+  history (u.declared_threshold);
 - **morgoth-like**: |x - mean| / std of the previous N points (N = one season, 20 for returns), alert at 3;
 - **kapacitor**: the plain TICKscript alert: window().periodCount(N).everyCount(1) -> mean, stddev and
   last joined -> z = abs(last - mean) / stddev, crit at z > 3 (the window includes the current point).
-  Executed by the real kapacitord (1.7.6) on points written to a real influxd, unless --no-kapacitor;
+  Executed by the real kapacitord (1.7.6) on points written to its /write endpoint (z written to a real
+  influxd), unless --no-kapacitor;
   the re-implementation in this file is checked against kapacitord's output in the same run (and in
   tests/integration/test_unsupervised_baselines.py).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -117,21 +120,35 @@ def long_frame(name: str, spec: DetectorSpec):
 # ------------------------------------------------------------------------------------------ baselines
 
 
+def _mean_std(chunk: list[float]) -> tuple[float, float]:
+    """Kapacitor's arithmetic, so degenerate windows agree too: mean = the left-to-right sum / n (its mean
+    reducer), sample std by Welford's running update (its stddev reducer), which gives exactly 0 for a
+    window of identical values where a two-pass formula leaves a rounding residue."""
+    total = 0.0
+    for v in chunk:
+        total += v
+    running_mean = m2 = 0.0
+    for n, v in enumerate(chunk, start=1):
+        delta = v - running_mean
+        running_mean += delta / n
+        m2 += delta * (v - running_mean)
+    return total / len(chunk), math.sqrt(m2 / (len(chunk) - 1))
+
+
 def rolling_sigma(values: np.ndarray, window: int, include_current: bool) -> np.ndarray:
     """|x - mean| / std (sample std) over `window` points: the previous ones (Morgoth-like, from the first
     full window) or ending with the current one (the TICKscript window; like Kapacitor's periodCount window,
     it emits while still filling). 0 where std is 0 or undefined (Kapacitor's eval fails on the division by
     zero, so no point and no alert)."""
-    values = np.asarray(values, dtype=np.float64)
+    values = [float(v) for v in values]
     z = np.zeros(len(values))
     for i in range(len(values)):
         start, end = (max(i - window + 1, 0), i + 1) if include_current else (i - window, i)
         if start < 0 or end - start < 2:
             continue
-        chunk = values[start:end]
-        std = float(np.std(chunk, ddof=1))
+        mean, std = _mean_std(values[start:end])
         if std > 0:
-            z[i] = abs(values[i] - float(np.mean(chunk))) / std
+            z[i] = abs(values[i] - mean) / std
     return z
 
 
@@ -187,59 +204,64 @@ z
 """
 
 
-def kapacitor_scores(copies: list[dict], windows: dict[str, int], workdir: Path) -> dict[tuple, np.ndarray]:
+# One subscription writer (the points go straight to Kapacitor; this keeps any forwarded write in order).
+SIGMA_RUNTIME_CONFIG = {"influx_config": {"subscriber": {"write-concurrency": 1}}}
+
+
+def kapacitor_scores(copies: list[dict], windows: dict[str, int], rt) -> dict[tuple, np.ndarray]:
     """z of every point of every copy, computed by a real kapacitord from points written to a real influxd.
 
-    `copies` items: {"set", "kind", "seed", "series", "times", "values"}. Returns {(set, kind, seed,
-    series): z array aligned with times} (0 where Kapacitor wrote nothing: window not full, std 0)."""
+    `rt` is a started tickguard.runtime.harness.TickRuntime made with SIGMA_RUNTIME_CONFIG. `copies` items:
+    {"set", "kind", "seed", "series", "times", "values"}. Returns {(set, kind, seed, series): z array
+    aligned with times} (0 where Kapacitor wrote nothing: a one-point window, std 0)."""
     from tickguard.influx import encode_line
-    from tickguard.runtime.harness import TickRuntime
 
-    # One subscription writer: Kapacitor's count windows take points in arrival order, so they must arrive
-    # in the order written.
-    with TickRuntime(workdir, influx_config={"subscriber": {"write-concurrency": 1}}) as rt:
-        rt.create_database("sigma")  # waits for Kapacitor's subscription
-        client = rt.kapacitor_client(timeout=30.0)
-        for set_name, window in windows.items():
-            client.define_task(
-                f"sigma_{set_name}",
-                TICKSCRIPT.format(set_name=set_name, window=window, k=SIGMA_K, log=workdir / "alerts.log"),
-                dbrps=[("sigma", "autogen")],
-            )
-        lines, expected = [], 0
-        for c in copies:
-            tags = {"set": c["set"], "kind": c["kind"], "seed": str(c["seed"]), "series": c["series"]}
-            for t, v in zip(c["times"], c["values"], strict=True):
-                lines.append(encode_line("points", tags, {"value": float(v)}, int(t)))
-            expected += max(len(c["values"]) - 1, 0)  # every point but the first (std of 1 point: no z)
-        # Write each copy in time order (count windows run per group, in arrival order).
-        with rt.influx.client(timeout_s=120.0) as influx:
-            influx.write(lines, database="sigma", batch_size=5000)
-        deadline = time.monotonic() + 600
-        got = 0
-        while time.monotonic() < deadline:
-            rows = rt.influx.query('SELECT count("z") FROM "z"', "sigma")
-            series = rows[0].get("series", []) if rows else []
-            got = series[0]["values"][0][1] if series else 0
-            if got >= expected:
-                break
-            time.sleep(1)
-        results = rt.influx.query('SELECT "z" FROM "z" GROUP BY *', "sigma")
-        out: dict[tuple, np.ndarray] = {}
-        index = {}
-        for c in copies:
-            key = (c["set"], c["kind"], str(c["seed"]), c["series"])
-            out[key] = np.zeros(len(c["times"]))
-            index[key] = {int(t): i for i, t in enumerate(c["times"])}
-        for item in results[0].get("series", []) if results else []:
-            tags = item["tags"]
-            key = (tags["set"], tags["kind"], tags["seed"], tags["series"])
-            if key not in out:
-                continue
-            for t, z in item["values"]:
-                if z is not None and np.isfinite(z):
-                    out[key][index[key][int(t)]] = z
-        return out
+    rt.create_database("sigma")  # waits for Kapacitor's subscription
+    client = rt.kapacitor_client(timeout=30.0)
+    for set_name, window in windows.items():
+        client.define_task(
+            f"sigma_{set_name}",
+            TICKSCRIPT.format(set_name=set_name, window=window, k=SIGMA_K, log=rt.workdir / "alerts.log"),
+            dbrps=[("sigma", "autogen")],
+        )
+    lines, expected = [], 0
+    for c in copies:
+        tags = {"set": c["set"], "kind": c["kind"], "seed": str(c["seed"]), "series": c["series"]}
+        for t, v in zip(c["times"], c["values"], strict=True):
+            lines.append(encode_line("points", tags, {"value": float(v)}, int(t)))
+        expected += max(len(c["values"]) - 1, 0)  # every point but the first (std of 1 point: no z)
+    # Straight to Kapacitor, each copy in time order: count windows run per group in arrival order, and
+    # an InfluxDB subscription may deliver concurrent batches out of order. z goes to influxd.
+    for start in range(0, len(lines), 5000):
+        client.write(lines[start : start + 5000], database="sigma")
+    # Done when every point has its z, or (windows with std 0 write none) when the count stops growing.
+    deadline = time.monotonic() + 600
+    last, still = -1, 0
+    while time.monotonic() < deadline:
+        rows = rt.influx.query('SELECT count("z") FROM "z"', "sigma")
+        series = rows[0].get("series", []) if rows else []
+        got = series[0]["values"][0][1] if series else 0
+        still = still + 1 if got == last and got > 0 else 0
+        if got >= expected or still >= 5:
+            break
+        last = got
+        time.sleep(1)
+    results = rt.influx.query('SELECT "z" FROM "z" GROUP BY *', "sigma")
+    out: dict[tuple, np.ndarray] = {}
+    index = {}
+    for c in copies:
+        key = (c["set"], c["kind"], str(c["seed"]), c["series"])
+        out[key] = np.zeros(len(c["times"]))
+        index[key] = {int(t): i for i, t in enumerate(c["times"])}
+    for item in results[0].get("series", []) if results else []:
+        tags = item["tags"]
+        key = (tags["set"], tags["kind"], tags["seed"], tags["series"])
+        if key not in out:
+            continue
+        for t, z in item["values"]:
+            if z is not None and np.isfinite(z):
+                out[key][index[key][int(t)]] = z
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -259,7 +281,7 @@ def run(n_trials: int, use_kapacitor: bool, sets: tuple[str, ...]) -> dict[str, 
         params, study = u.tune(spec, prepared, n_trials, seed=0)
         model = u.fit_pooled(spec, prepared, params, seed=0)
         stacked = np.vstack([p.X[p.train_rows] for p in prepared])
-        threshold = u.threshold_for_share(model.score(stacked), spec.anomaly.contamination)
+        threshold = u.declared_threshold(spec, model, prepared)
         tuning[name] = {
             "params": params,
             "validation_mean_auprc": round(float(study.best_value), 4),
@@ -304,10 +326,14 @@ def run(n_trials: int, use_kapacitor: bool, sets: tuple[str, ...]) -> dict[str, 
     kapacitor_run: dict[str, Any] = {"executed_by": "re-implementation (--no-kapacitor)"}
     if use_kapacitor:
         t0 = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="tickguard-sigma-") as work:
-            real = kapacitor_scores(
-                copies_for_kapacitor, {s: per_set[s]["baseline_window"] for s in sets}, Path(work)
-            )
+        from tickguard.runtime.harness import TickRuntime
+
+        windows = {s: per_set[s]["baseline_window"] for s in sets}
+        with (
+            tempfile.TemporaryDirectory(prefix="tickguard-sigma-") as work,
+            TickRuntime(Path(work), **SIGMA_RUNTIME_CONFIG) as rt,
+        ):
+            real = kapacitor_scores(copies_for_kapacitor, windows, rt)
         gaps, compared, missing = [], 0, 0
         for entry in scored:
             key = (entry["set"], entry["kind"], str(entry["seed"]), entry["series"])
@@ -319,7 +345,7 @@ def run(n_trials: int, use_kapacitor: bool, sets: tuple[str, ...]) -> dict[str, 
             compared += int(both.sum())
             entry["scores"]["kapacitor"] = from_kapacitor
         kapacitor_run = {
-            "executed_by": "kapacitord 1.7.6 (stream task per set, points written to influxd 1.8.10)",
+            "executed_by": "kapacitord 1.7.6 (stream task per set; points written to Kapacitor, z to influxd 1.8.10)",
             "points_compared": compared,
             "points_missing_from_kapacitor": missing,
             "max_abs_z_difference_vs_reimplementation": max(gaps) if gaps else None,

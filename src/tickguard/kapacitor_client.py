@@ -1,4 +1,5 @@
-"""A small client for Kapacitor's HTTP API (/kapacitor/v1): ping, tasks from TICKscript or from task templates."""
+"""A small client for Kapacitor's HTTP API (/kapacitor/v1): ping, tasks from TICKscript or from task templates,
+and writing points to stream tasks directly (/write)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,22 @@ class KapacitorClient:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.1)
+
+    def write(
+        self, lines: Iterable[str], *, database: str, retention_policy: str = DEFAULT_RETENTION_POLICY
+    ) -> int:
+        """POST line protocol straight to Kapacitor's /write (no InfluxDB subscription in between, so stream
+        tasks see the points in exactly this order); returns how many lines were sent."""
+        body = "\n".join(lines)
+        if body:
+            self._request(
+                "POST",
+                "/write",
+                expect=(204,),
+                params={"db": database, "rp": retention_policy, "precision": "ns"},
+                data=body.encode("utf-8"),
+            )
+        return body.count("\n") + 1 if body else 0
 
     # -- tasks -----------------------------------------------------------------------------------------
     def define_task(

@@ -13,8 +13,9 @@ dispatches to `train_unsupervised`). The protocol, also the benchmark's (benchma
 3. Validation labels: the detector's data has none, so copies of each series get anomalies injected into
    the validation part (tickguard.data.inject, every kind that applies, seeds 1000+). Optuna picks the
    model kind (when `model = "auto"`) and its parameters by the mean AUPRC over kinds on those copies.
-4. The threshold is the declared share: `contamination` = the (1 - c) quantile of the training rows'
-   scores; `alert_rate` = the (1 - r) quantile of the clean validation rows' scores.
+4. The threshold is the declared share (`declared_threshold`): `contamination` = the (1 - c) quantile of
+   the scores of the clean history (training and validation rows); `alert_rate` = the (1 - r) quantile of
+   the clean validation rows' scores.
 5. The holdout copies (other seeds, anomalies in the last 40%) are scored once, for the card's report.
 """
 
@@ -38,6 +39,7 @@ from tickguard.data.inject import KINDS, SEASONAL_KINDS, InjectionError, inject,
 from tickguard.detectors import DetectorSpec
 from tickguard.errors import TickguardError
 from tickguard.training.series_metrics import event_metrics
+from tickguard.training.train import library_versions
 from tickguard.windows import OK, WindowFeatures, features_for_frame
 
 log = logging.getLogger(__name__)
@@ -253,6 +255,17 @@ def tune(
     return dict(study.best_trial.params), study
 
 
+def declared_threshold(spec: DetectorSpec, model, prepared: list[Prepared]) -> float:
+    """The threshold the detector declares: `contamination` = that share of the clean history (training
+    and validation parts, no injected copy) scores above it; `alert_rate` = that share of the clean
+    validation part (the latest history)."""
+    valid = np.vstack([p.X[p.valid_rows] for p in prepared])
+    if spec.anomaly.contamination is not None:
+        history = np.vstack([np.vstack([p.X[p.train_rows] for p in prepared]), valid])
+        return threshold_for_share(model.score(history), spec.anomaly.contamination)
+    return threshold_for_share(model.score(valid), spec.anomaly.alert_rate)
+
+
 def holdout_report(models: list, thresholds: list[float], prepared: list[Prepared]) -> dict[str, dict]:
     """Per kind: mean AUPRC, point-adjusted F1, delay and false-alarm rate over the holdout copies."""
     per_kind: dict[str, list[dict]] = {}
@@ -307,11 +320,7 @@ def train_unsupervised(
     log.info("best validation mean AUPRC %.4f with %s", study.best_value, params)
     stacked = np.vstack([p.X[p.train_rows] for p in prepared])
     model = fit_pooled(spec, prepared, params, seed)
-    if spec.anomaly.contamination is not None:
-        threshold = threshold_for_share(model.score(stacked), spec.anomaly.contamination)
-    else:
-        clean_valid = np.vstack([p.X[p.valid_rows] for p in prepared])
-        threshold = threshold_for_share(model.score(clean_valid), spec.anomaly.alert_rate)
+    threshold = declared_threshold(spec, model, prepared)
     validation = score_copies([model] * len(prepared), prepared, "valid")
     holdout = holdout_report([model] * len(prepared), [threshold] * len(prepared), prepared)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +342,7 @@ def train_unsupervised(
         "threshold": threshold,
         "threshold_rule": f"{spec.threshold.policy} {share}: the {1 - share:.4g} quantile of the "
         + (
-            "training rows' scores"
+            "clean training and validation rows' scores"
             if spec.anomaly.contamination is not None
             else "clean validation rows' scores"
         ),
@@ -347,26 +356,9 @@ def train_unsupervised(
         },
         "metrics": {"validation_auprc": round(mean_auprc(validation), 4), "holdout_by_kind": holdout},
         "training": {"seconds": round(time.monotonic() - started, 1)},
-        "libraries": _libraries(),
+        "libraries": library_versions(),
     }
     return modelstore.save_model(model, card, out_dir, detector=spec)
-
-
-def _libraries() -> dict[str, str]:
-    import platform
-
-    import joblib
-    import optuna
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scikit-learn": sklearn.__version__,
-        "optuna": optuna.__version__,
-        "joblib": joblib.__version__,
-    }
 
 
 def card_json(card: dict) -> str:
