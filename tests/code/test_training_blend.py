@@ -52,7 +52,9 @@ def test_the_choice_is_the_best_blend_scored_as_the_blended_pipeline_itself_woul
     X, y = noisy(seed=3)
     folds = time_folds(len(y), 2)
     candidates = ("extra_trees_150_depth_20", "random_forest_100_full_depth")
-    params, report = choose_extra_forest(small_params(), X, y, folds, seed=0, candidates=candidates)
+    params, report = choose_extra_forest(
+        small_params(), X, y, folds, seed=0, candidates=candidates, min_gain=0
+    )
 
     assert set(report["cv_auprc"]) == {NO_EXTRA_FOREST, *candidates}
     # the shortcut (each member fitted once per fold) equals the blended pipeline's own CV score
@@ -65,6 +67,13 @@ def test_the_choice_is_the_best_blend_scored_as_the_blended_pipeline_itself_woul
     best = max(report["cv_auprc"], key=report["cv_auprc"].get)
     assert report["chosen"] == best
     assert params.get("extra_forest", NO_EXTRA_FOREST) == best
+    # a gain below min_gain does not buy a forest's scoring cost
+    gain = max(report["cv_auprc"].values()) - report["cv_auprc"][NO_EXTRA_FOREST]
+    assert gain > 0  # this data has a blend that helps
+    kept, report = choose_extra_forest(
+        small_params(), X, y, folds, seed=0, candidates=candidates, min_gain=gain + 1e-9
+    )
+    assert report["chosen"] == NO_EXTRA_FOREST and "extra_forest" not in kept
 
 
 def test_a_forest_that_does_not_beat_the_ensemble_is_not_added():
