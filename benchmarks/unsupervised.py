@@ -44,6 +44,7 @@ from tickguard.data.inject import KINDS
 from tickguard.data.series import load_series
 from tickguard.detectors import DetectorSpec, load_detector, parse_detector
 from tickguard.training import unsupervised as u
+from tickguard.training.config import FULL
 from tickguard.training.series_metrics import event_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "unsupervised.json"
@@ -51,6 +52,7 @@ README = Path(__file__).resolve().parent / "README.md"
 SIGMA_K = 3.0
 DETECTORS = ("tickguard", "morgoth-like", "kapacitor")
 RETURNS_WINDOW = 20  # a trading month, for the series without a season
+SEED = FULL.seed  # what `tickguard train` uses by default, so the waterflow row is the served model's
 
 # The benchmark's detectors for the two sets that are not bundled detectors (same format as
 # detectors/*.toml): returns have no season; airline passengers have a 12-month one.
@@ -278,8 +280,8 @@ def run(n_trials: int, use_kapacitor: bool, sets: tuple[str, ...]) -> dict[str, 
         frame, period = long_frame(name, spec)
         cases = u.cases_from_frame(frame, spec)
         prepared = [u.prepare(spec, case, period) for case in cases]
-        params, study = u.tune(spec, prepared, n_trials, seed=0)
-        model = u.fit_pooled(spec, prepared, params, seed=0)
+        params, study = u.tune(spec, prepared, n_trials, seed=SEED)
+        model = u.fit_pooled(spec, prepared, params, seed=SEED)
         stacked = np.vstack([p.X[p.train_rows] for p in prepared])
         threshold = u.declared_threshold(spec, model, prepared)
         tuning[name] = {
@@ -388,6 +390,7 @@ def run(n_trials: int, use_kapacitor: bool, sets: tuple[str, ...]) -> dict[str, 
             "command": "python -m benchmarks.unsupervised" + ("" if use_kapacitor else " --no-kapacitor"),
             "sets": list(sets),
             "optuna_trials": n_trials,
+            "seed": SEED,
             "holdout_seeds": list(u.HOLDOUT_SEEDS),
             "validation_seeds": list(u.VALID_SEEDS),
             "sigma_k": SIGMA_K,
