@@ -212,7 +212,7 @@ def test_detectors_commands_need_no_extra(bare_cli) -> None:
     """The bundled detectors come with the wheel (share/tickguard/detectors), read by the bare install."""
     listed = bare_cli("detectors", "list")
     assert listed.returncode == 0, listed.stderr
-    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["fraud", "shuttle"]
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["fraud", "shuttle", "waterflow"]
     assert "share/tickguard/detectors/fraud.toml" in listed.stdout
     shown = bare_cli("detectors", "show", "shuttle")
     assert shown.returncode == 0 and json.loads(shown.stdout)["spec"]["label"]["field"] == "anomaly"
