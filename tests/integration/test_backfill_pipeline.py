@@ -17,7 +17,7 @@ import requests
 from tickguard.cli import main as tickguard_main
 from tickguard.errors import TickguardError
 from tickguard.influx import encode_line, format_field, parse_duration_ns, parse_time
-from tickguard.ops.backfill import Backfiller, feature_row, label_of
+from tickguard.ops.backfill import Backfiller, BackfillReport, feature_row, label_of, same_reason
 from tickguard.stack.generator import txid_for
 
 NOW = 1_800_000_000_000_000_000
@@ -79,6 +79,29 @@ def test_feature_row_names_the_first_unusable_field() -> None:
         feature_row({"V1": True, "V2": 1, "Amount": 3}, features)[1]
         == "field 'V1' is a boolean, not a number"
     )
+
+
+def test_a_point_left_unscored_for_the_reason_the_backfill_finds_is_not_rewritten() -> None:
+    assert same_reason("warming up", "warming up")  # the live agent's words
+    assert same_reason("backfill: warming up", "warming up")  # an earlier backfill's: a rerun writes nothing
+    assert same_reason("missing feature field 'V2'", "missing feature field 'V2'")
+    # Replayed in time order a point is never out of order; unscored either way, its live record stays.
+    assert same_reason("out of order", "warming up")
+    assert not same_reason(None, "warming up")  # no counterpart: the point is missing, and written
+    assert not same_reason("warming up", "missing feature field 'v'")
+    assert not same_reason("scoring service unreachable", "warming up")  # another reason: rewritten
+    assert not same_reason("", "warming up")
+
+
+def test_a_report_counts_points_left_as_live_apart_from_those_to_write() -> None:
+    report = BackfillReport(
+        0, 10, "x", source_points=10, already_scored=4, missing=2, unscored_counterparts=4
+    )
+    report.written, report.scored, report.unscorable, report.left_as_live = 3, 2, 1, 3
+    assert report.to_score == report.written == 3
+    assert "wrote 3 (2 scored, 1 unscorable), left 3 unscored as live (same reason)" in report.summary()
+    dry = BackfillReport(0, 10, "x", source_points=10, missing=2, unscored_counterparts=4, dry_run=True)
+    assert "would write at most 6 " in dry.summary()
 
 
 def test_labels_are_read_like_the_agent_reads_them() -> None:

@@ -315,3 +315,126 @@ def test_a_missing_point_is_found_beside_other_series_points_of_its_timestamp(
         T - 60 * HOUR, T + 45 * HOUR
     )
     assert (again.missing, again.written) == (0, 0)
+
+
+def window_backfill(scenario, **options):
+    from tickguard.ops.backfill import Backfiller
+
+    return Backfiller(scenario.backfill_settings, **options).run(T - 60 * HOUR, T + 60 * HOUR)
+
+
+def test_a_default_backfill_leaves_points_unscored_for_their_live_reason_as_they_are(scenario) -> None:
+    """Series that start fresh (m1..m5's first points, live and backfilled), the out-of-order point (no
+    history before it either) and the point without `v`: a default backfill (re-scoring unscored points)
+    finds the reason the live task gave each, and rewrites none of them. One exception, by design: in time
+    order the out-of-order point (T - 50 h) is m2's first, so m2's fourth point at T + 3 h has a full window
+    for the backfill and is scored from it."""
+    before = scenario.scored_points()
+    unscored = {key: point for key, point in before.items() if point[SCORED] is False}
+    errors = sorted(point[ERROR] for point in unscored.values())
+    assert errors.count(WARMING_UP) == 4 + 4 + 3 + 1 + 4  # live1: m1, m2, m3; live2: m3, m5
+    assert errors.count("backfill: " + WARMING_UP) == 3  # m4, the gap's new series
+    assert OUT_OF_ORDER in errors and "missing value field 'v'" in errors
+    dry = window_backfill(scenario, dry_run=True)
+    assert (dry.unscored_counterparts, dry.to_score, dry.written) == (len(unscored), len(unscored), 0)
+    assert f"would write at most {len(unscored)} " in dry.summary()
+
+    report = window_backfill(scenario)
+    assert (
+        (report.unscored_counterparts, report.left_as_live) == (len(unscored), len(unscored) - 1) == (21, 20)
+    )
+    assert (report.missing, report.written, report.scored) == (0, 1, 1)
+    assert report.written + report.left_as_live == report.to_score + report.left_as_live == 21
+    assert report.source_points == report.already_scored + report.unscored_counterparts == len(before)
+    assert "left 20 unscored as live (same reason)" in report.summary()
+    after = scenario.scored_points()
+    rescored = after.pop(("m2", T + 3 * HOUR))
+    assert before.pop(("m2", T + 3 * HOUR))[ERROR] == WARMING_UP
+    assert after == before  # every field, error text included, as the live task (or first backfill) wrote it
+    m2 = sorted((t, f) for m, t, f in scenario.phases["live1"] if m == "m2" and "v" in f)
+    in_time_order = WindowFeatures.from_spec(scenario.spec)
+    results = [in_time_order.push_point({"meter": "m2"}, t, f) for t, f in m2 if t <= T + 3 * HOUR]
+    assert [r.status for r in results] == [WARMING_UP] * 4 + [OK]
+    assert rescored[SCORED] is True and rescored["backfilled"] is True and rescored[ERROR] == ""
+    columns = scenario.spec.request_fields
+    assert tuple(float(rescored[name]) for name in columns) == results[-1].features
+
+
+def test_a_default_backfill_scores_warming_up_points_that_history_fills_as_a_live_agent_would(
+    scenario,
+) -> None:
+    """An agent restarted without InfluxDB (no history) leaves m1's and m2's next points warming up though
+    their series are long; a default backfill rebuilds them from InfluxDB and writes what an agent with
+    history writes (same features as training's code over the stored history, the service's scores). A new
+    series (m6) is warming up for the backfill too and stays as written."""
+    kapacitor = scenario.runtime.kapacitor_client()
+    from tickguard.stack import tasks
+
+    score_task = tasks.score_task_id(scenario.spec.name)
+    scenario.agent.stop()
+    poll(lambda: not kapacitor.get_task(score_task).executing, 20, 0.2)
+    scenario.start_agent(influx_url="")  # restart without history
+    kapacitor.disable_task(score_task)
+    kapacitor.enable_task(score_task)
+    assert poll(lambda: kapacitor.get_task(score_task).executing, 20, 0.2)
+    stored = [p for phase in ("live1", "gap", "live2") for p in scenario.phases[phase] if "v" in p[2]]
+    cold = hourly("m1", range(40, 44)) + hourly("m2", range(23, 27), lambda h: h * 2.0)
+    cold += hourly("m6", range(2))
+    count_before = scenario.count(SCORED_MEASUREMENT)
+    scenario.write("cold", cold)
+    scenario.wait_scored(count_before + len(cold))
+    live = scenario.scored_points()
+    assert all(live[(m, t)][ERROR] == WARMING_UP for m, t, _f in cold)  # not one scored: no history
+    others = {
+        key: point
+        for key, point in live.items()
+        if key[0] != "m6" and key not in {(m, t) for m, t, _ in cold}
+    }
+
+    # What an agent with history writes (test_after_the_agent_restart...: its state is the stored history).
+    spec = scenario.spec
+    features = WindowFeatures.from_spec(spec)
+    for meter in ("m1", "m2"):
+        first = min(t for m, t, _f in cold if m == meter)
+        history = sorted((t, [f["v"]]) for m, t, f in stored if m == meter and t < first)
+        features.rebuild((meter,), history[-spec.windows.capacity :])
+    expected = replay(features, cold)
+
+    report = window_backfill(scenario)
+    assert (report.missing, report.written, report.scored, report.unscorable) == (0, 8, 8, 0)
+    assert report.left_as_live == 20 + 2  # the points of the test above and m6's two
+    assert report.written + report.left_as_live == report.unscored_counterparts == 8 + 22
+    assert report.source_points == report.already_scored + report.unscored_counterparts
+    points = scenario.scored_points()
+    assert (
+        len(points)
+        == scenario.count(SCORED_MEASUREMENT)
+        == len(scenario.runtime.influx.select(f'SELECT * FROM "{SOURCE}"', DB))
+    )
+    columns = spec.request_fields
+    filled = []
+    for (meter, time_ns, _fields), result in zip(cold, expected, strict=True):
+        point = points[(meter, time_ns)]
+        if meter == "m6":
+            assert result.status == WARMING_UP and point == live[(meter, time_ns)]
+            continue
+        assert result.status == OK and point[SCORED] is True and point["backfilled"] is True
+        assert point[ERROR] == ""  # the live reason cleared (InfluxDB keeps a field once written)
+        assert tuple(float(point[name]) for name in columns) == result.features
+        assert (point[EXPECTED_LOW], point[EXPECTED_HIGH]) == (result.expected_low, result.expected_high)
+        filled.append(point)
+    body = {"columns": list(columns), "data": [list(r.features) for r in expected if r.status == OK]}
+    answer = requests.post(f"{scenario.service.url}/predict?model=meters", json=body, timeout=30).json()
+    for point, prediction in zip(filled, answer["predictions"], strict=True):
+        assert point["score"] == pytest.approx(prediction["score"], abs=1e-12)
+        assert point["anomaly"] is prediction["anomaly"]
+    # A live scored point has the same fields (the history-rebuilt agent's, from phase 3).
+    live_scored = next(
+        p for p in others.values() if p[SCORED] is True and not p.get("backfilled") and not p.get("late")
+    )
+    names = {k for k, v in live_scored.items() if v is not None} - {"latency_ms", ERROR}
+    # (latency_ms: the live agent's for its unscored write; InfluxDB keeps fields an overwrite lacks.)
+    assert {k for k, v in filled[0].items() if v is not None} - {"backfilled", ERROR, "latency_ms"} == names
+    assert {key: points[key] for key in others} == others  # nothing else rewritten
+    again = window_backfill(scenario)
+    assert (again.written, again.left_as_live, again.to_score) == (0, 22, 0)

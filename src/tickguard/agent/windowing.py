@@ -115,6 +115,18 @@ class PointWindow:
     extra: bytes = b""
 
 
+def point_values(point: pb.Point, fields: Sequence[str]) -> tuple[list[float] | None, str]:
+    """The point's values of `fields`, or why it has none (naming the first unusable field). The backfill
+    judges a stored point by this too, so both write the same reason for the same point."""
+    values: list[float] = []
+    for name in fields:
+        value, problem = _number(point, name)
+        if value is None:
+            return None, problem
+        values.append(value)
+    return values, ""
+
+
 def _number(point: pb.Point, name: str) -> tuple[float | None, str]:
     """A point's field as a finite float, or why it is not one (naming the field). Never inserts into the maps."""
     if name in point.fieldsDouble:
@@ -206,14 +218,8 @@ class LiveWindows:
         fields = features.fields
         out: list[PointWindow] = []
         for point, key in zip(points, keys, strict=True):
-            values: list[float] = []
-            problem = ""
-            for name in fields:
-                value, problem = _number(point, name)
-                if value is None:
-                    break
-                values.append(value)
-            if problem:
+            values, problem = point_values(point, fields)
+            if values is None:
                 out.append(PointWindow(None, problem))
                 continue
             result = features.push(key, point.time, values)

@@ -16,6 +16,11 @@ its series' past, so for each time window the backfill rebuilds every series' st
 writes the pending ones with the agent's fields, expected range included. Points of several series share
 timestamps there, so a raw point is matched to its scored one by timestamp and series key.
 
+A point the live task already wrote unscored is rewritten only when the backfill scores it or finds another
+reason: when its reason is the live one (a series that starts fresh is `warming up` for the backfill too),
+the live record stays as it is and the report counts it as `left_as_live`, so backfilled points are what
+the live task would have written and a rerun writes nothing new.
+
 The same code runs after the watchdog heals a task: `heal_hook()` returns a callback for
 `tickguard.agent.watchdog.Watchdog.add_callback` that backfills the outage once the task is back;
 `tickguard backfill` (tickguard.ops.commands) runs it from the command line.
@@ -48,6 +53,7 @@ from tickguard.agent.schema import (
     THRESHOLD,
 )
 from tickguard.agent.windowing import (
+    point_values,
     rebuild_from_history,
     series_tags,
     source_tag_filter,
@@ -73,12 +79,14 @@ from tickguard.scoring.payloads import (
     parse_predict_response,
     predict_path,
 )
+from tickguard.windows import OUT_OF_ORDER, WARMING_UP
 
 log = logging.getLogger(__name__)
 
 BACKFILLED_FIELD = BACKFILLED  # the scored-point schema: tickguard.agent.schema
 _NUMERIC = frozenset(NUMERIC_TYPES)  # InfluxDB field types a lean point drops (unless kept)
 PROGRESS_EVERY_S = 5.0
+BACKFILL_PREFIX = "backfill: "  # begins the error of a point the backfill writes unscored
 MAX_BUCKETS = 2000  # density buckets of one planning query
 
 
@@ -221,16 +229,41 @@ def label_of(value: Any, rule: LabelRule | None = None) -> bool | None:
     InfluxDB returned it, so the agent's own rule decides: one rule, not a copy of it."""
     if value is None:
         return None
+    return (rule or LabelRule(None)).value(as_point({"label": value}, ("label",)), "label")
+
+
+def as_point(row: dict[str, Any], names: tuple[str, ...]) -> pb.Point:
+    """The fields `names` of a stored row in a protocol point, typed as InfluxDB returned them, so the agent's
+    own rules judge them (absent or None fields stay absent)."""
     point = pb.Point()
-    if isinstance(value, bool):
-        point.fieldsBool["label"] = value
-    elif isinstance(value, int):
-        point.fieldsInt["label"] = value
-    elif isinstance(value, float):
-        point.fieldsDouble["label"] = value
-    else:
-        point.fieldsString["label"] = str(value)
-    return (rule or LabelRule(None)).value(point, "label")
+    for name in names:
+        value = row.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            point.fieldsBool[name] = value
+        elif isinstance(value, int):
+            point.fieldsInt[name] = value
+        elif isinstance(value, float):
+            point.fieldsDouble[name] = value
+        else:
+            point.fieldsString[name] = str(value)
+    return point
+
+
+def same_reason(live_error: str | None, problem: str) -> bool:
+    """Whether the live task (or an earlier backfill, which prefixes `backfill: `) already wrote the point
+    unscored for the reason the backfill finds now.
+
+    `out of order` counts as the reason `warming up`: the backfill replays each series in time order, so it
+    never finds a point out of order; one the live task got too late to place is scored when the history
+    before it fills its window (what the live task would have written had the point arrived in time), and
+    otherwise it is unscored either way, and its live record also tells how it arrived."""
+    if live_error is None:
+        return False
+    if live_error.removeprefix(BACKFILL_PREFIX) == OUT_OF_ORDER:
+        live_error = WARMING_UP
+    return live_error in (problem, BACKFILL_PREFIX + problem)
 
 
 # ---- the backfill -----------------------------------------------------------------------------------
@@ -250,6 +283,7 @@ class BackfillReport:
     written: int = 0
     scored: int = 0
     unscorable: int = 0  # written with scored=false: a feature missing or not a number
+    left_as_live: int = 0  # unscored counterparts the backfill cannot score for their live reason: untouched
     windows: int = 0
     model_version: str = ""
     elapsed_s: float = 0.0
@@ -258,17 +292,25 @@ class BackfillReport:
 
     @property
     def to_score(self) -> int:
-        """Points the backfill (re)scores: missing ones plus unscored counterparts (when re-scoring them)."""
-        return self.missing + self.unscored_counterparts
+        """Points the backfill (re)writes: missing ones plus unscored counterparts (when re-scoring them) but
+        those left as the live task wrote them. After a real run, `written + left_as_live` is
+        `missing + unscored_counterparts`, and those plus `already_scored` are `source_points`."""
+        return self.missing + self.unscored_counterparts - self.left_as_live
 
     def summary(self) -> str:
         """One line for logs and the command's output."""
-        verb = "would write" if self.dry_run else "wrote"
-        return (
+        head = (
             f"{format_time(self.start_ns)} .. {format_time(self.end_ns)} -> {self.target}: "
             f"{self.source_points} source points, {self.already_scored} already scored, "
-            f"{self.missing} missing, {self.unscored_counterparts} unscored; {verb} {self.written} "
-            f"({self.scored} scored, {self.unscorable} unscorable) in {self.elapsed_s:.1f} s"
+            f"{self.missing} missing, {self.unscored_counterparts} unscored; "
+        )
+        if self.dry_run:  # nothing scored: an unscored point may yet be left as the live task wrote it
+            return head + f"would write at most {self.to_score} in {self.elapsed_s:.1f} s"
+        return (
+            head
+            + f"wrote {self.written} ({self.scored} scored, {self.unscorable} unscorable)"
+            + (f", left {self.left_as_live} unscored as live (same reason)" if self.left_as_live else "")
+            + f" in {self.elapsed_s:.1f} s"
             + (f", model {self.model_version}" if self.model_version else "")
         )
 
@@ -309,6 +351,8 @@ class Backfiller:
         self.influx = influx_client(self.settings)
         self.api = ScoringApi(self.settings, model=self.settings.model or None)
         self.skipped_points = 0  # points of the last plan in buckets that needed nothing
+        # time -> [(point id, error)] of the unscored counterparts of the window being read (counterparts())
+        self.live_errors: dict[int, list[tuple[str | None, str]]] = {}
         self.series_by: tuple[str, ...] = ()  # a windowed detector's series tags (set by run())
         # Only the points this condition selects, on both sides (a Kapacitor shard's: `"shard" = '1'`).
         self.where = f" AND ({self.settings.where})" if self.settings.where else ""
@@ -367,11 +411,12 @@ class Backfiller:
     def counterparts(self, low: int, high: int) -> dict[int, list[tuple[str | None, bool]]]:
         """time -> [(txid, scored)] of the target measurement's points in [low, high)."""
         index: dict[int, list[tuple[str | None, bool]]] = {}
+        self.live_errors = {}
         if self.rescore_all:
             return index
         score_field = self.settings.score_field
         # Without an id field, the timestamp alone matches a raw point to its scored one.
-        names = (SCORED, score_field, *((self.settings.id_field,) if self.settings.id_field else ()))
+        names = (SCORED, score_field, ERROR, *((self.settings.id_field,) if self.settings.id_field else ()))
         columns = ", ".join(quote_ident(name) for name in dict.fromkeys(names))
         group = f" GROUP BY {', '.join(map(quote_ident, self.series_by))}" if self.series_by else ""
         rows = self.influx.rows(
@@ -381,7 +426,19 @@ class Backfiller:
             scored = row.get(SCORED) is True and row.get(self.settings.score_field) is not None
             point_id = self.point_id(tags, row)
             index.setdefault(int(row["time"]), []).append((point_id, scored))
+            if not scored:
+                error = row.get(ERROR)
+                self.live_errors.setdefault(int(row["time"]), []).append(
+                    (point_id, error if isinstance(error, str) else "")
+                )
         return index
+
+    def live_error(self, time_ns: int, point_id: str | None) -> str:
+        """The error the unscored counterpart of a point carries (matched as `match` does; "" if none)."""
+        for other_id, error in self.live_errors.get(time_ns, ()):
+            if point_id is None or other_id is None or other_id == point_id:
+                return error
+        return ""
 
     def _detector_series_tags(self) -> tuple[str, ...]:
         """A dry run asks the scoring service nothing: a windowed detector's series tags then come from its
@@ -444,13 +501,15 @@ class Backfiller:
                 f"SELECT {self.select_list(types)} FROM {quote_ident(source)} "
                 f"WHERE {time_range(low, high)}{self.where} GROUP BY *"
             )
-            pending: list[tuple[dict[str, str], dict[str, Any], bool]] = []
+            # (tags, row, live error): None = no counterpart, else the unscored counterpart's error
+            pending: list[tuple[dict[str, str], dict[str, Any], str | None]] = []
             every: list[tuple[dict[str, str], dict[str, Any]]] = []  # a windowed detector's state needs all
             for tags, row in rows:
                 if windowed:
                     every.append((tags, row))
                 report.source_points += 1
-                status = self.match(index.get(int(row["time"])), self.point_id(tags, row))
+                point_id = self.point_id(tags, row)
+                status = self.match(index.get(int(row["time"])), point_id)
                 if status is True:
                     report.already_scored += 1
                     continue
@@ -461,7 +520,8 @@ class Backfiller:
                 else:
                     report.already_scored += 1
                     continue
-                pending.append((tags, row, status is False))
+                live = self.live_error(int(row["time"]), point_id) if status is False else None
+                pending.append((tags, row, live))
             if pending and not self.dry_run:
                 computed = self.window_rows(every, pending) if windowed else None
                 self._score_and_write(pending, features, types, report, computed)
@@ -482,7 +542,7 @@ class Backfiller:
     def window_rows(
         self,
         every: list[tuple[dict[str, str], dict[str, Any]]],
-        pending: list[tuple[dict[str, str], dict[str, Any], bool]],
+        pending: list[tuple[dict[str, str], dict[str, Any], str | None]],
     ) -> list[tuple[list[float] | None, str, dict[str, float]]]:
         """A windowed detector's model row (or why there is none) and extra fields of each pending point.
 
@@ -515,7 +575,9 @@ class Backfiller:
             raise TickguardError(f"backfill cannot rebuild the window state from InfluxDB: {error}")
         outcome: dict[int, tuple[list[float] | None, str, dict[str, float]]] = {}
         for tags, row in ordered:
-            values, problem = feature_row(row, state.fields)
+            # The agent's rule (and words) for the value fields, so a point without its value gets the
+            # reason the live task gave it.
+            values, problem = point_values(as_point(row, state.fields), state.fields)
             if values is None:
                 outcome[id(row)] = (None, problem, {})
                 continue
@@ -543,7 +605,7 @@ class Backfiller:
 
     def _score_and_write(
         self,
-        pending: list[tuple[dict[str, str], dict[str, Any], bool]],
+        pending: list[tuple[dict[str, str], dict[str, Any], str | None]],
         features: tuple[tuple[str, str], ...],
         types: dict[str, str],
         report: BackfillReport,
@@ -563,7 +625,7 @@ class Backfiller:
             row_of: list[int] = []
             problems: list[str] = []
             extras: list[dict[str, float]] = []
-            for position_in_chunk, (_tags, row, _replaces) in enumerate(chunk):
+            for position_in_chunk, (_tags, row, _live) in enumerate(chunk):
                 if computed is not None:
                     values, problem, extra = computed[offset + position_in_chunk]
                 else:
@@ -576,9 +638,15 @@ class Backfiller:
             result = self.api.score(rows, columns) if rows else None
             if result is not None:
                 report.model_version = result.model_version
-            for (tags, row, replaces), position, problem, extra in zip(
+            for (tags, row, live_error), position, problem, extra in zip(
                 chunk, row_of, problems, extras, strict=True
             ):
+                if (position < 0 or result is None) and same_reason(live_error, problem):
+                    # The live task already wrote this point unscored for this reason (see same_reason):
+                    # a series that starts fresh is warming up for the backfill too, and its record stays
+                    # byte for byte as the live task wrote it; rewriting it would make it differ.
+                    report.left_as_live += 1
+                    continue
                 fields: dict[str, Any] = {}
                 for name, value in row.items():
                     if name == "time" or (lean and types.get(name) in _NUMERIC and name not in keep):
@@ -601,12 +669,12 @@ class Backfiller:
                         for name, hit in zip(CONFUSION, hits, strict=True):  # tp, fp, fn, tn
                             fields[name] = int(hit)
                     fields.update(extra)  # a windowed detector's expected range (and columns)
-                    if replaces:
+                    if live_error is not None:
                         fields[ERROR] = ""  # clear the reason the live pipeline left it unscored
                     report.scored += 1
                 else:
                     fields[SCORED] = False
-                    fields[ERROR] = "backfill: " + problem
+                    fields[ERROR] = BACKFILL_PREFIX + problem
                     report.unscorable += 1
                 fields[BACKFILLED_FIELD] = True
                 lines.append(encode_line(self.target, tags, fields, int(row["time"]), out_types))
