@@ -52,10 +52,11 @@ README = Path(__file__).resolve().parent / "README.md"
 SIGMA_K = 3.0
 DETECTORS = ("tickguard", "morgoth-like", "kapacitor")
 RETURNS_WINDOW = 20  # a trading month, for the series without a season
-SEED = FULL.seed  # what `tickguard train` uses by default, so the waterflow row is the served model's
+SEED = FULL.seed  # what `tickguard train` uses by default: the waterflow row is what retraining it gives
 
 # The benchmark's detectors for the two sets that are not bundled detectors (same format as
-# detectors/*.toml): returns have no season; airline passengers have a 12-month one.
+# detectors/*.toml): returns have no season; airline passengers have a 12-month one, whose phase is the
+# month of year (tickguard.anomaly's profile learns the usual shape per month, as per hour for water flow).
 _SET_DETECTOR = """
 name = "{name}"
 features = ["value"]
@@ -92,6 +93,7 @@ stats = ["std"]
 AIRLINE_WINDOWS = """lags = [1, 12]
 differences = [1]
 seasonal = 12
+calendar = ["month_of_year"]
 [[windows.rolling]]
 points = 12
 stats = ["mean", "std", "median", "mad"]

@@ -15,13 +15,20 @@ measured on the training points' scale:
 - `step`: a lag difference against its usual size, but no larger than the value's distance from its
   rolling centre (the point after a spike is ordinary) - spikes, variance bursts;
 - `flat`: how far a window's spread has collapsed below its usual size - a stuck sensor;
-- `burst`: how far a window's spread has grown above its usual size - a variance burst.
+- `burst`: how far a window's spread has grown above its usual size - a variance burst;
+- `profile` (when the calendar columns give the phase of a daily or yearly season: hour_of_day,
+  month_of_year): how far the value's offset from its rolling centre is from the usual offset at this
+  hour or month, learned at fit - a seasonal pattern out of phase, whose values all stay in range and
+  whose seasonal difference is lost in the jitter when the swing is small.
+
+A seasonal difference whose reference (the value one season back, the `lag` of the season) was itself far
+off its rolling centre is discounted: one season after a spike or a burst, the anomaly is the reference.
 
 Season, step and spread scales follow the series' level when it has grown since training (airline
 passengers double in a decade) and the level stands well above the jitter (not for returns around 0).
 
 `RobustResidualModel` scores the largest evidence (each scaled by its training median and 90th
-percentile, then weighted); `IsolationForestModel` isolates points in the evidence space. Both map the
+percentile, then weighted; profiles keep weight 1, the scale the tuned weights are relative to); `IsolationForestModel` isolates points in the evidence space. Both map the
 raw score through an arctangent curve fixed at fit time, so scores are comparable across refits.
 """
 
@@ -35,7 +42,16 @@ import numpy as np
 EPSILON = 0.05  # share of the value's training spread added to every spread: no division by ~0
 MAD_TO_SIGMA = 1.4826
 LEVEL_SERIES_RATIO = 5.0  # a level this many jitters above 0 makes scales follow the level
+REFERENCE_OK = 3.0  # a seasonal reference this many spreads off its rolling centre is itself unusual
+# Calendar columns that give a season's phase, and the number of phases the profile learns.
+PHASES = (("hour", 24), ("month", 12))
 _COLUMN = re.compile(r"^(?P<stat>[a-z]+?)(?P<span>\d[0-9a-zµ]*)\((?P<field>.*)\)$")
+
+
+def _phase(sin: np.ndarray, cos: np.ndarray, phases: int) -> np.ndarray:
+    """The phase (0 .. phases - 1: the hour, the month - 1) back from a calendar sine and cosine."""
+    turns = np.mod(np.arctan2(sin, cos) / (2.0 * np.pi) * phases, phases)
+    return np.rint(turns).astype(np.int64) % phases
 
 
 def _robust_scale(values: np.ndarray) -> float:
@@ -78,6 +94,21 @@ class Evidence:
                 for step in self.plan
             ]
             self.level_columns[value] = centre_of_field
+            # The seasonal difference's reference: the lag of the season, and the first window to tell
+            # whether it was off its centre (median/MAD preferred to mean/std).
+            reference = None
+            for stats in windows.values():
+                if "median" in stats and "mad" in stats:
+                    reference = (stats["median"], stats["mad"], True)
+                    break
+                if "mean" in stats and "std" in stats and reference is None:
+                    reference = (stats["mean"], stats["std"], False)
+            self.plan = [
+                (*step, index.get(f"lag{step[1][len('season') :].split('(')[0]}({field})"), reference)
+                if step[0] == "season" and step[2] == value
+                else step
+                for step in self.plan
+            ]
             for span, stats in windows.items():
                 if "median" in stats and "mad" in stats:
                     centre, spread, robust = stats["median"], stats["mad"], True
@@ -92,13 +123,24 @@ class Evidence:
                         self.plan.append(("flat", f"flat{span}({field})", value, stats[stat]))
                         self.plan.append(("burst", f"burst{span}({field})", value, stats[stat]))
                         break
+        # A profile per season phase the calendar gives, measured from the field's rolling centre.
+        for phase, phases in PHASES:
+            if f"{phase}_sin" not in index or f"{phase}_cos" not in index:
+                continue
+            for field in self.fields:
+                centre = self.level_columns.get(index[field])
+                if centre is not None:
+                    sin, cos = index[f"{phase}_sin"], index[f"{phase}_cos"]
+                    self.plan.append(
+                        ("profile", f"profile_{phase}({field})", index[field], sin, cos, centre, phases)
+                    )
         if not self.plan:
             raise ValueError(f"no evidence can be read from the columns {list(self.columns)}")
         self.names = tuple(step[1] for step in self.plan)
 
     def fit(self, X: np.ndarray) -> Evidence:
         """Record the training scales: each field's spread, each difference's centre and spread, each
-        window spread's median."""
+        window spread's median, and each profile (the median offset from the rolling centre per phase)."""
         X = np.asarray(X, dtype=np.float64)
         self.field_scale_ = {}
         self.level_ref_ = {}
@@ -110,11 +152,23 @@ class Evidence:
         self.centres_ = []
         self.scales_ = []
         self.pads_ = []
+        self.profiles_: dict[int, np.ndarray] = {}  # plan index -> the usual offset at each phase
         for step in self.plan:
             kind, value = step[0], step[2]
             scale = self.field_scale_.setdefault(value, _robust_scale(np.diff(X[:, value])) + 1e-12)
             self.pads_.append(EPSILON * scale)
-            if kind in ("season", "step"):
+            if kind == "profile":
+                phase = _phase(X[:, step[3]], X[:, step[4]], step[6])
+                offset = X[:, value] - X[:, step[5]]
+                # A phase the training rows never saw keeps offset 0 (the rolling centre itself).
+                profile = np.zeros(step[6])
+                for p in range(step[6]):
+                    if (phase == p).any():
+                        profile[p] = float(np.median(offset[phase == p]))
+                self.profiles_[len(self.centres_)] = profile
+                self.centres_.append(0.0)
+                self.scales_.append(_robust_scale(offset - profile[phase]) + EPSILON * scale)
+            elif kind in ("season", "step"):
                 column = X[:, step[3]]
                 self.centres_.append(float(np.median(column)))
                 self.scales_.append(_robust_scale(column) + EPSILON * scale)
@@ -144,6 +198,16 @@ class Evidence:
             if kind == "step" and len(step) > 4 and step[4] is not None:
                 off_centre = np.abs(value - X[:, step[4]])
                 out[:, j] = np.minimum(np.abs(X[:, step[3]] - centre), off_centre) / scale
+            elif kind == "profile":
+                offset = value - X[:, step[5]]
+                usual = self.profiles_[j][_phase(X[:, step[3]], X[:, step[4]], step[6])]
+                out[:, j] = np.abs(offset - usual) / scale
+            elif kind == "season" and len(step) > 5 and step[4] is not None and step[5] is not None:
+                centre_column, spread_column, robust = step[5]
+                spread = X[:, spread_column] * (MAD_TO_SIGMA if robust else 1.0)
+                reference_off = np.abs(X[:, step[4]] - X[:, centre_column]) / (spread + pad)
+                discount = 1.0 + np.maximum(reference_off - REFERENCE_OK, 0.0)
+                out[:, j] = np.abs(X[:, step[3]] - centre) / scale / discount
             elif kind in ("season", "step"):
                 out[:, j] = np.abs(X[:, step[3]] - centre) / scale
             elif kind == "level":

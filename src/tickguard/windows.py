@@ -39,6 +39,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tickguard.errors import TickguardError
@@ -110,7 +111,8 @@ def _stats(window: Sequence[float], names: Sequence[str]) -> list[float]:
 
 
 def calendar_columns(time_ns: int, calendar: Sequence[str]) -> list[float]:
-    """hour_sin, hour_cos (time of day, UTC) and dow_sin, dow_cos (day of week, Monday = 0), as declared."""
+    """hour_sin, hour_cos (time of day, UTC), dow_sin, dow_cos (day of week, Monday = 0) and month_sin,
+    month_cos (month of year, UTC, January = 0), as declared."""
     out: list[float] = []
     if "hour_of_day" in calendar:
         angle = (time_ns % NS_PER_DAY) / NS_PER_DAY * 2.0 * math.pi
@@ -118,6 +120,10 @@ def calendar_columns(time_ns: int, calendar: Sequence[str]) -> list[float]:
     if "day_of_week" in calendar:
         weekday = (time_ns // NS_PER_DAY + EPOCH_WEEKDAY) % 7
         angle = weekday / 7.0 * 2.0 * math.pi
+        out += [math.sin(angle), math.cos(angle)]
+    if "month_of_year" in calendar:
+        month = datetime.fromtimestamp(time_ns // 10**9, UTC).month
+        angle = (month - 1) / 12.0 * 2.0 * math.pi
         out += [math.sin(angle), math.cos(angle)]
     return out
 

@@ -165,6 +165,34 @@ def test_models_score_injected_anomalies_above_ordinary_points(model_class, tmp_
     assert proba.shape == (5, 2) and np.allclose(proba.sum(axis=1), 1.0)
 
 
+def test_the_daily_profile_sees_a_broken_pattern_and_a_spike_does_not_echo_a_season_later(
+    tmp_path: Path,
+) -> None:
+    # The lag of the season lets the model see whether a seasonal difference's reference was unusual.
+    text = DETECTOR.replace("lags = [1]", "lags = [1, 24]")
+    spec = parse_detector(text, "pipe.toml", tmp_path / "pipe.toml", expected_name="pipe")
+    case = u.cases_from_frame(pipe_frame(), spec)[0]
+    X, ok = u.window_matrix(spec, case)
+    train = np.flatnonzero(ok[:500])
+    model = RobustResidualModel(spec.model_columns).fit(X[train])
+    names = list(model.evidence.names)
+    profile, season = names.index("profile_hour(flow)"), names.index("season24(flow)")
+    clean = model.evidence.transform(X[550:900])
+    # Half a day out of phase: every value is in range, but not at its usual hour.
+    broken = inject(case.values, "seasonal_break", seed=2, period=24, count=1, region=(600, 900))
+    Xb, _ = u.window_matrix(spec, case, broken.values)
+    (segment,) = broken.segments
+    inside = model.evidence.transform(Xb[segment.start : segment.end])[:, profile]
+    assert np.median(inside) > np.quantile(clean[:, profile], 0.99)
+    # One day after a spike the spike is the seasonal reference: that difference is discounted.
+    spiked = case.values.copy()
+    spiked[700] += 3 * np.ptp(case.values)  # far beyond the daily swing
+    Xs, _ = u.window_matrix(spec, case, spiked)
+    echo = model.evidence.transform(Xs[724:725])[0, season]
+    undiscounted = abs(Xs[724, spec.model_columns.index("sdiff24(flow)")] - model.evidence.centres_[season])
+    assert echo < 0.5 * undiscounted / model.evidence.scales_[season]
+
+
 def test_training_writes_a_servable_model_whose_card_fits_the_detector(tmp_path: Path) -> None:
     spec = pipe_spec(tmp_path)
     out = tmp_path / "models" / "pipe" / "v1"

@@ -137,7 +137,7 @@ WINDOW_ERRORS = {
     "calendar": (
         'calendar = ["hour_of_day", "day_of_week"]',
         'calendar = ["minute"]',
-        "windows.calendar[0]: unknown value 'minute' (choose from hour_of_day, day_of_week)",
+        "windows.calendar[0]: unknown value 'minute' (choose from hour_of_day, day_of_week, month_of_year)",
     ),
     "duration without capacity": (
         "points = 5",
@@ -225,6 +225,12 @@ def test_calendar_is_utc_monday_zero() -> None:
     sin_h, cos_h, sin_d, cos_d = calendar_columns(monday_noon + 12 * 3600 * S, ("hour_of_day", "day_of_week"))
     assert (sin_h, cos_h) == pytest.approx((0.0, -1.0), abs=1e-12)
     assert (sin_d, cos_d) == pytest.approx((0.0, 1.0), abs=1e-12)
+    # month_of_year: January = 0; 2023-11-20 is in November (10 of 12 turns from January).
+    sin_m, cos_m = calendar_columns(monday_noon, ("month_of_year",))
+    assert (sin_m, cos_m) == pytest.approx((math.sin(10 / 12 * 2 * math.pi), math.cos(10 / 12 * 2 * math.pi)))
+    assert calendar_columns(1_672_531_200 * S - 1, ("month_of_year",)) == pytest.approx(
+        [math.sin(11 / 12 * 2 * math.pi), math.cos(11 / 12 * 2 * math.pi)]
+    )  # the last nanosecond of 2022 is still December
 
 
 def test_duration_windows_drop_expired_points_across_a_gap() -> None:

@@ -18,6 +18,7 @@ so the hash of a detector without them is unchanged:
     seasonal = 24                 # seasonal difference, k points back (integer) or a duration ("1d"):
                                   #   sdiff24(f) / sdiff1d(f)
     calendar = ["hour_of_day", "day_of_week"]   # UTC, as sine/cosine: hour_sin, hour_cos, dow_sin, dow_cos
+                                  #   also "month_of_year": month_sin, month_cos (January = 0)
     capacity = 200                # most points kept per series; required when a duration is used,
                                   #   default = the largest point count the windows need + max(8, 1/4)
                                   #   (room for late points)
@@ -66,7 +67,7 @@ ANOMALY_THRESHOLD_POLICIES = ("contamination", "alert_rate")
 # Default room beyond what the windows need, so a late point still finds its older points kept.
 LATE_SLACK_POINTS = 8
 WINDOW_STATS = ("mean", "std", "min", "max", "median", "mad")
-CALENDAR_FEATURES = ("hour_of_day", "day_of_week")
+CALENDAR_FEATURES = ("hour_of_day", "day_of_week", "month_of_year")
 ANOMALY_MODELS = ("auto", "isolation_forest", "robust_zscore")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
@@ -240,6 +241,8 @@ class WindowSpec:
             out += ["hour_sin", "hour_cos"]
         if "day_of_week" in self.calendar:
             out += ["dow_sin", "dow_cos"]
+        if "month_of_year" in self.calendar:
+            out += ["month_sin", "month_cos"]
         return tuple(out)
 
 
