@@ -62,6 +62,19 @@ def test_injector_is_deterministic_and_labels_exactly_what_it_changed(kind: str)
             assert np.std(one.values[part] - values[part]) > 2 * noise
 
 
+@pytest.mark.parametrize("kind", ["spike", "level_shift"])
+def test_a_fixed_size_moves_by_that_many_noise_at_the_seeds_places(kind: str) -> None:
+    values = daily_series()
+    drawn = inject(values, kind, seed=7, period=24, region=(200, 800))
+    fixed = inject(values, kind, seed=7, period=24, region=(200, 800), size=12.5)
+    assert fixed.segments == drawn.segments and np.array_equal(fixed.labels, drawn.labels)
+    noise = noise_scale(values)
+    for s in fixed.segments:
+        moved = fixed.values[s.start : s.end] - values[s.start : s.end]
+        same_sign = np.sign(drawn.values[s.start] - values[s.start])
+        np.testing.assert_allclose(moved, same_sign * 12.5 * noise, rtol=1e-12)
+
+
 def test_injector_refuses_what_it_cannot_do() -> None:
     values = daily_series(200)
     with pytest.raises(InjectionError, match="seasonal_break needs a series with a seasonal period"):
@@ -70,6 +83,10 @@ def test_injector_refuses_what_it_cannot_do() -> None:
         inject(values, "level_shift", 0, period=24, region=(0, 30))
     with pytest.raises(InjectionError, match="unknown anomaly kind 'drift'"):
         inject(values, "drift", 0)
+    with pytest.raises(InjectionError, match=r"size=0: a size is a positive amount in noise"):
+        inject(values, "spike", 0, size=0)
+    with pytest.raises(InjectionError, match=r"for spike, level_shift, variance_burst only \(not stuck\)"):
+        inject(values, "stuck", 0, period=24, size=3.0)
 
 
 def test_natural_anomalies_mark_an_outage_and_the_windows_it_spoils() -> None:

@@ -17,6 +17,10 @@ seasonal period (in points) sets the lengths of the longer anomalies (a series w
 - `seasonal_break`: a segment of 1..2 periods replaced by the series half a period earlier (the daily or
   yearly pattern out of phase; same level and spread). Only for series with a season.
 
+`size` fixes the amount in noise instead of drawing it from the kind's range above (spike, level shift,
+variance burst: a test that claims a detection names the size it claims it for); the random draws happen
+anyway, so the positions, lengths and signs are those of the same seed without `size`.
+
 `count` segments (default 3) are placed at random inside `region` (start, end) in points, at least one
 period apart. Every point of a segment is a positive (a stuck segment's first point included, even when
 it happens to equal the value before it).
@@ -30,6 +34,7 @@ import numpy as np
 
 KINDS = ("spike", "level_shift", "variance_burst", "stuck", "seasonal_break")
 SEASONAL_KINDS = ("seasonal_break",)  # need a season
+SIZED_KINDS = ("spike", "level_shift", "variance_burst")  # the kinds with an amount in noise
 DEFAULT_PERIOD = 20
 _KIND_STREAM = {kind: i for i, kind in enumerate(KINDS)}  # a separate random stream per kind
 
@@ -84,11 +89,17 @@ def inject(
     count: int = 3,
     region: tuple[int, int] | None = None,
     max_length: int | None = None,
+    size: float | None = None,
 ) -> Injected:
     """A copy of `values` with `count` anomalies of `kind` inside `region` (default: the whole series);
-    `max_length` caps the segments' lengths (for short series, e.g. 144 months)."""
+    `max_length` caps the segments' lengths (for short series, e.g. 144 months); `size` (in noise, > 0)
+    replaces the drawn amount of a spike, level shift or variance burst."""
     if kind not in KINDS:
         raise InjectionError(f"unknown anomaly kind {kind!r} (choose from {', '.join(KINDS)})")
+    if size is not None and (kind not in SIZED_KINDS or not size > 0):
+        raise InjectionError(
+            f"size={size!r}: a size is a positive amount in noise, for {', '.join(SIZED_KINDS)} only (not {kind})"
+        )
     if kind in SEASONAL_KINDS and not period:
         raise InjectionError(f"{kind} needs a series with a seasonal period")
     original = np.asarray(values, dtype=np.float64)
@@ -119,11 +130,11 @@ def inject(
         a, b = position, position + length
         sign = 1.0 if rng.random() < 0.5 else -1.0
         if kind == "spike":
-            out[a] += sign * rng.uniform(6.0, 10.0) * noise
+            out[a] += sign * _amount(rng.uniform(6.0, 10.0), size) * noise
         elif kind == "level_shift":
-            out[a:b] += sign * rng.uniform(4.0, 6.0) * noise
+            out[a:b] += sign * _amount(rng.uniform(4.0, 6.0), size) * noise
         elif kind == "variance_burst":
-            out[a:b] += rng.normal(0.0, rng.uniform(3.0, 5.0) * noise, size=length)
+            out[a:b] += rng.normal(0.0, _amount(rng.uniform(3.0, 5.0), size) * noise, size=length)
         elif kind == "stuck":
             out[a:b] = original[a - 1]
         else:  # seasonal_break
@@ -133,6 +144,11 @@ def inject(
         segments.append(Segment(kind, a, b))
         position = b + gap
     return Injected(values=out, labels=labels, segments=tuple(segments))
+
+
+def _amount(drawn: float, size: float | None) -> float:
+    """The drawn amount, or the fixed `size` (drawn all the same, so the random stream is unchanged)."""
+    return drawn if size is None else float(size)
 
 
 NATURAL_K = 15.0  # in noise units: far beyond anything injected, so only real outages/crashes qualify
