@@ -8,7 +8,14 @@ import pytest
 
 from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.config import agent_settings
-from tickguard.agent.encode import ScoredFieldsEncoder, bool_entry, double_entry, int_entry, string_entry
+from tickguard.agent.encode import (
+    ScoredFieldsEncoder,
+    bool_entry,
+    double_entry,
+    int_entry,
+    set_typed_field,
+    string_entry,
+)
 from tickguard.agent.framing import decode_varint
 from tickguard.agent.options import OptionError, defaults, info_response, parse_options
 from tickguard.agent.scoring import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, CircuitBreaker
@@ -292,14 +299,7 @@ def test_resolve_features_names_unknown_features_and_the_model_ones():
 def _labelled(**fields) -> pb.Point:
     point = pb.Point()
     for name, value in fields.items():
-        if isinstance(value, bool):
-            point.fieldsBool[name] = value
-        elif isinstance(value, int):
-            point.fieldsInt[name] = value
-        elif isinstance(value, float):
-            point.fieldsDouble[name] = value
-        else:
-            point.fieldsString[name] = value
+        set_typed_field(point, name, value)
     return point
 
 
@@ -352,3 +352,24 @@ def test_scored_schema_of_each_bundled_detector():
     assert shuttle.flag_field == "flagged" and shuttle.label_field == "anomaly"
     assert shuttle.keep_fields == ("anomaly",) and shuttle.measurement == "readings_scored"
     assert shuttle.field_types()["flagged"] == "boolean" and shuttle.field_types()["tp"] == "integer"
+
+
+def test_typed_field_follows_influxdb_types_and_names_a_field_it_cannot_hold():
+    import numpy as np
+
+    point = pb.Point()
+    for name, value in {
+        "b": True,
+        "i": 3,
+        "n": np.int64(4),
+        "f": 0.5,
+        "g": np.float32(1.5),
+        "s": "x",
+    }.items():
+        set_typed_field(point, name, value)
+    assert dict(point.fieldsBool) == {"b": True}  # a bool is not taken for the int it also is
+    assert dict(point.fieldsInt) == {"i": 3, "n": 4}
+    assert dict(point.fieldsDouble) == {"f": 0.5, "g": 1.5}
+    assert dict(point.fieldsString) == {"s": "x"}
+    with pytest.raises(TypeError, match="field 'when'"):
+        set_typed_field(point, "when", object())

@@ -8,8 +8,10 @@ of the input's tags and features.
 
 from __future__ import annotations
 
+import numbers
 import struct
 
+from tickguard.agent import udf_pb2 as pb
 from tickguard.agent.framing import TWO_BYTE_TAG_POINT, varint
 from tickguard.agent.schema import CONFUSION, ERROR, LATENCY_MS, MODEL_VERSION, SCORED, THRESHOLD
 
@@ -23,6 +25,24 @@ _KEY = b"\x0a"
 _VALUE_FIXED64 = bytes(((2 << 3) | 1,))
 _VALUE_VARINT = bytes(((2 << 3) | 0,))
 _VALUE_BYTES = bytes(((2 << 3) | 2,))
+
+
+def set_typed_field(point: pb.Point, name: str, value: bool | int | float | str) -> None:
+    """Put `value` in the Point map its Python type belongs to, as InfluxDB would type it.
+
+    bool is tested before int because bool is an int in Python; numpy's integers and floats count as
+    numbers. The backfill (rows read back from InfluxDB) and the tests build points through this one rule.
+    """
+    if isinstance(value, bool):
+        point.fieldsBool[name] = value
+    elif isinstance(value, numbers.Integral):
+        point.fieldsInt[name] = int(value)
+    elif isinstance(value, numbers.Real):
+        point.fieldsDouble[name] = float(value)
+    elif isinstance(value, str):
+        point.fieldsString[name] = value
+    else:
+        raise TypeError(f"field {name!r}: cannot put a {type(value).__name__} in a UDF point")
 
 
 def _key(name: str) -> bytes:

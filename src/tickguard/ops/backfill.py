@@ -40,6 +40,7 @@ from typing import Any
 import requests
 
 from tickguard.agent import udf_pb2 as pb
+from tickguard.agent.encode import set_typed_field
 from tickguard.agent.options import LabelRule
 from tickguard.agent.schema import (
     BACKFILLED,
@@ -238,16 +239,8 @@ def as_point(row: dict[str, Any], names: tuple[str, ...]) -> pb.Point:
     point = pb.Point()
     for name in names:
         value = row.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            point.fieldsBool[name] = value
-        elif isinstance(value, int):
-            point.fieldsInt[name] = value
-        elif isinstance(value, float):
-            point.fieldsDouble[name] = value
-        else:
-            point.fieldsString[name] = str(value)
+        if value is not None:
+            set_typed_field(point, name, value)
     return point
 
 
