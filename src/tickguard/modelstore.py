@@ -166,7 +166,23 @@ def load_model(model_dir: Path | str) -> ModelArtifact:
             f"{card['model_sha256']} (the file was changed or replaced)"
         )
     estimator = joblib.load(model_path)
+    if getattr(estimator, "feature_names_in_", None) is not None:
+        _quiet_unnamed_columns_warning()
     return ModelArtifact(estimator=estimator, card=card, path=model_dir.resolve())
+
+
+def _quiet_unnamed_columns_warning() -> None:
+    """Silence sklearn's "X does not have valid feature names" for models fitted on a DataFrame.
+
+    Scoring passes arrays whose columns are the card's features in order (`tickguard models import`
+    refuses an estimator whose fitted column names differ), so the warning says nothing; left on, a model
+    a user fitted on pandas would write it to the service log on every request.
+    """
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message="X does not have valid feature names", category=UserWarning, module="sklearn"
+    )
 
 
 def detector_card_fields(detector: DetectorSpec) -> dict[str, Any]:

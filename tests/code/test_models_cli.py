@@ -171,3 +171,30 @@ def test_the_imported_model_is_served_next_to_fraud(shuttle_forest, tmp_path):
         assert named["model_version"] == "rf-1" and named["score"] == pytest.approx(scores[0], abs=1e-12)
         wrong = requests.post(f"{service.url}/predict", json=record, timeout=10)
         assert wrong.status_code == 400 and "Time" in wrong.text
+
+
+def test_a_model_fitted_on_a_dataframe_scores_arrays_without_a_warning(shuttle_frame, tmp_path, capsys):
+    """A user's model fitted on pandas columns: served from arrays in card order, no per-request warning."""
+    import warnings
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from tickguard.modelstore import load_model
+
+    spec, frame = shuttle_frame
+    columns = frame[list(spec.feature_fields)].iloc[:2000]
+    fitted = LogisticRegression(max_iter=200).fit(columns, frame[spec.label.field].iloc[:2000])
+    assert list(fitted.feature_names_in_) == list(spec.feature_fields)
+    path = tmp_path / "named.joblib"
+    joblib.dump(fitted, path)
+    root = _fresh_models_dir(tmp_path)
+    argv = ["models", "import", "named-1", str(path), "--detector", SHUTTLE, "--models-dir", str(root)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "feature names" not in capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        artifact = load_model(resolve_model_dir(detector_models_dir(root, SHUTTLE), PRODUCTION))
+        scores = artifact.score(columns.to_numpy(dtype=np.float64)[:50])
+    assert np.allclose(scores, fitted.predict_proba(columns.iloc[:50])[:, 1])
+    assert [str(w.message) for w in caught if "feature names" in str(w.message)] == []
