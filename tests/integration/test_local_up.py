@@ -107,6 +107,10 @@ def test_local_up_reports_the_finished_generator_and_confirms_every_process_stop
     assert "SELECT count(score) FROM transactions_scored" in report
     assert f"tail -f {workdir.resolve() / 'alerts.log'}" in report
     assert f"kill -TERM {proc.pid}" in report
+    # The next command it suggests writes the count it names even past a short holdout (a user's CSV).
+    assert re.search(
+        r"^  more points +tickguard generate --url http://127\.0\.0\.1:\d+ --count 1000 --loop$", report, re.M
+    )
 
     proc.send_signal(signal.SIGTERM)
     try:

@@ -540,7 +540,7 @@ def _report_generator_finished(stack: LocalStack, gen: ChildProcess, detector: s
         f"""{scored}{of_written} points are in {spec.source.database}.{spec.output.measurement}. Look at:
   scored points  {_scored_count_command(stack, detector)}
   alerts         tail -f {stack.alert_log}   (JSON records: {stack.alert_json})
-  more points    tickguard generate{more} --url {stack.influx_url} --count 1000
+  more points    tickguard generate{more} --url {stack.influx_url} --count 1000 --loop
 The stack keeps running: Ctrl-C (or kill -TERM {os.getpid()}) stops everything.""",
         flush=True,
     )
