@@ -152,7 +152,9 @@ def test_live_features_equal_trainings_with_gaps_late_and_out_of_order_points(
     answer = requests.post(f"{scoring_service.url}/predict?model=meters", json=body, timeout=10).json()
     for (point, _result), prediction in zip(scored, answer["predictions"], strict=True):
         assert point.fieldsDouble["score"] == pytest.approx(prediction["score"], abs=1e-12)
-    assert agent.server.window_series() == 0  # the connection is closed: its state went with it
+    # The connection is closed, so its state goes with it; the agent notices the close on its own thread,
+    # a moment after the client's close() returns.
+    assert poll(lambda: agent.server.window_series() == 0, timeout=10, interval=0.05)
 
 
 def test_without_writefeatures_a_scored_point_carries_only_the_range(
