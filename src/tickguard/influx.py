@@ -282,6 +282,11 @@ def quote_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
+def tag_conditions(tags: Iterable[tuple[str, str]]) -> list[str]:
+    """`"tag" = 'value'` for each (tag, value), for a WHERE clause: a detector's tag filter or a series key."""
+    return [f"{quote_ident(tag)} = {quote_string(value)}" for tag, value in tags]
+
+
 def qualified(measurement: str, database: str = "", retention_policy: str = "") -> str:
     """ "db"."rp"."measurement" (or the shorter forms when database / retention policy are empty)."""
     if database:

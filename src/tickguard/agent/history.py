@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tickguard.influx import InfluxClient, qualified, quote_ident, quote_string
+from tickguard.influx import InfluxClient, qualified, quote_ident, tag_conditions
 
 STATEMENTS_PER_REQUEST = 200  # one request stays small; 10,000 new series take 50 requests
 
@@ -41,7 +41,7 @@ def history_statement(
 ) -> str:
     """The InfluxQL of the last `limit` points of one series strictly before `before_ns` (newest first)."""
     columns = ", ".join(quote_ident(name) for name in fields)
-    conditions = [f"{quote_ident(tag)} = {quote_string(value)}" for tag, value in source.tags]
+    conditions = tag_conditions(source.tags)
     conditions.append(f"time < {int(before_ns)}")
     if since_ns is not None:
         conditions.append(f"time >= {int(since_ns)}")

@@ -33,10 +33,7 @@ _NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 def source_query(spec: DetectorSpec, columns: list[str], start_ns: int, end_ns: int) -> str:
     """SELECT of `columns` from the detector's source in [start, end), with its tag filter."""
     source = spec.source
-    where = [
-        f"{influx.quote_ident(key)} = {influx.quote_string(value)}"
-        for key, value in sorted(source.tags.items())
-    ]
+    where = influx.tag_conditions(sorted(source.tags.items()))
     where.append(influx.time_range(start_ns, end_ns))
     selected = ", ".join(influx.quote_ident(name) for name in columns)
     target = influx.qualified(source.measurement, source.database, source.retention_policy)
